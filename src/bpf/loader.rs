@@ -1,0 +1,350 @@
+//! Loading, attaching and reading the sampler, with errors that say what
+//! is missing: a privilege, a perf_event_paranoid setting, BTF, or a
+//! program the verifier rejected.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, RingBufferBuilder};
+
+use super::perf_events::{online_cpus, open_cpu_clock};
+use super::skel::{ProfilerSkel, ProfilerSkelBuilder};
+use super::stacks::StackReader;
+use super::{types, RawSample, SampleStats};
+
+/// What the sampler samples and how its maps are sized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplerConfig {
+    /// Samples per second per CPU.
+    pub frequency_hz: u64,
+    /// Thread groups to sample; empty samples every task.
+    pub tgids: Vec<u32>,
+    /// Capacity of the stacks map (distinct stacks, user and kernel).
+    pub stack_map_entries: u32,
+    /// Capacity of the counts map (distinct thread/stack combinations).
+    pub counts_map_entries: u32,
+    /// Include the verifier's log in load errors.
+    pub verifier_log: bool,
+}
+
+impl SamplerConfig {
+    /// Sizes the maps for `frequency_hz` over `seconds` on `cpus` CPUs, so
+    /// that even a profile where every sample is distinct fits. Both maps
+    /// allocate on use, so a generous bound costs no memory up front.
+    pub fn sized_for(frequency_hz: u64, seconds: u64, cpus: u64) -> SamplerConfig {
+        let max_samples = frequency_hz.saturating_mul(seconds.max(1)).saturating_mul(cpus.max(1));
+        // Each sample stores at most a user and a kernel stack.
+        let stack_entries = max_samples.saturating_mul(2).clamp(8192, 1 << 20);
+        let counts_entries = max_samples.clamp(4096, 1 << 20);
+        SamplerConfig {
+            frequency_hz,
+            tgids: Vec::new(),
+            stack_map_entries: stack_entries as u32,
+            counts_map_entries: counts_entries as u32,
+            verifier_log: false,
+        }
+    }
+}
+
+/// Why the sampler could not start or be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    /// The process lacks the capabilities BPF profiling needs.
+    #[error(
+        "taskprof needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its BPF program; \
+         missing: {missing}. Run it as root, or grant them: \
+         `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(which taskprof)`"
+    )]
+    MissingCapabilities {
+        /// The capabilities that are not effective.
+        missing: String,
+    },
+    /// The online CPU list could not be read.
+    #[error("failed to read the online CPUs from /sys/devices/system/cpu/online: {0}")]
+    Cpus(#[source] std::io::Error),
+    /// perf_event_open failed.
+    #[error("failed to open a cpu-clock perf event on CPU {cpu}: {source}. {hint}")]
+    PerfEvent {
+        /// The CPU.
+        cpu: u32,
+        /// The kernel's error.
+        #[source]
+        source: std::io::Error,
+        /// What to do about it.
+        hint: String,
+    },
+    /// Opening or loading the BPF object failed.
+    #[error("failed to load the BPF sampler: {source}. {hint}{log}")]
+    Load {
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+        /// What to do about it.
+        hint: String,
+        /// The verifier log, when asked for.
+        log: String,
+    },
+    /// Attaching the program to a perf event failed.
+    #[error("failed to attach the BPF sampler to the perf event of CPU {cpu}: {source}")]
+    Attach {
+        /// The CPU.
+        cpu: u32,
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    /// A map could not be configured or read.
+    #[error("failed to access BPF map `{map}`: {source}")]
+    Map {
+        /// The map's name.
+        map: &'static str,
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+    },
+}
+
+/// A loaded and attached sampler. Sampling stops when it is dropped or
+/// [`Sampler::stop`] is called; the maps stay readable until drop.
+pub struct Sampler {
+    skel: ProfilerSkel<'static>,
+    links: Vec<Link>,
+    ring: RingBuffer<'static>,
+    announced: Arc<Mutex<Vec<u32>>>,
+    config: SamplerConfig,
+}
+
+/// libbpf's messages from the current load, kept for error reports.
+static LIBBPF_LOG: Mutex<String> = Mutex::new(String::new());
+
+fn collect_libbpf_log(_level: PrintLevel, msg: String) {
+    if let Ok(mut log) = LIBBPF_LOG.lock() {
+        // Bounded: a verifier log can run to megabytes.
+        if log.len() < 1 << 20 {
+            log.push_str(&msg);
+        }
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process.
+fn effective_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+fn check_capabilities() -> Result<(), SamplerError> {
+    let Some(caps) = effective_capabilities() else {
+        return Ok(()); // cannot tell; let the kernel decide
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|(cap, _)| !has(*cap))
+        .map(|(_, name)| name)
+        .collect();
+    Err(SamplerError::MissingCapabilities { missing: missing.join(", ") })
+}
+
+fn perf_event_hint(err: &std::io::Error) -> String {
+    let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    match err.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => format!(
+            "kernel.perf_event_paranoid is {paranoid}; grant CAP_PERFMON (or run as root), \
+             or lower it with `sysctl kernel.perf_event_paranoid=1`"
+        ),
+        Some(libc::ENOENT) | Some(libc::EOPNOTSUPP) => {
+            "this kernel does not provide the software cpu-clock event (CONFIG_PERF_EVENTS)".into()
+        }
+        Some(libc::EMFILE) => "too many open files; raise the limit with `ulimit -n`".into(),
+        _ => format!("kernel.perf_event_paranoid is {paranoid}"),
+    }
+}
+
+fn load_hint(err: &libbpf_rs::Error, log: &str, verifier_log: bool) -> String {
+    let mut hint = String::new();
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        hint.push_str(
+            "This kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); \
+             taskprof needs a kernel built with CONFIG_DEBUG_INFO_BTF=y. ",
+        );
+    }
+    let verifier = log.contains("processed ") || log.contains("verifier") || log.contains("R1 ");
+    match err.kind() {
+        libbpf_rs::ErrorKind::PermissionDenied => hint.push_str(
+            "The kernel refused the BPF program: run as root or grant CAP_BPF and CAP_PERFMON; \
+             in a container also allow the bpf() syscall in its seccomp profile.",
+        ),
+        _ if verifier && !verifier_log => {
+            hint.push_str("The verifier rejected the program; rerun with --verifier-log to see why.")
+        }
+        _ => hint.push_str("Rerun with --verifier-log for libbpf's full log."),
+    }
+    hint
+}
+
+impl Sampler {
+    /// Loads the program, opens a perf event on every online CPU and
+    /// attaches to each. Sampling has started when this returns.
+    pub fn start(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        check_capabilities()?;
+        let cpus = online_cpus().map_err(SamplerError::Cpus)?;
+
+        if let Ok(mut log) = LIBBPF_LOG.lock() {
+            log.clear();
+        }
+        libbpf_rs::set_print(Some((PrintLevel::Debug, collect_libbpf_log)));
+
+        let load_error = |source: libbpf_rs::Error| {
+            let log = LIBBPF_LOG.lock().map(|l| l.clone()).unwrap_or_default();
+            let hint = load_hint(&source, &log, config.verifier_log);
+            let log = if config.verifier_log { format!("\nlibbpf and verifier log:\n{log}") } else { String::new() };
+            SamplerError::Load { source, hint, log }
+        };
+
+        // The skeleton borrows its object storage for as long as it lives;
+        // one small allocation per sampler is leaked to give it 'static.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = ProfilerSkelBuilder::default().open(storage).map_err(load_error)?;
+        let map_error = |map: &'static str| move |source| SamplerError::Map { map, source };
+        open.maps.stacks.set_max_entries(config.stack_map_entries).map_err(map_error("stacks"))?;
+        open.maps.counts.set_max_entries(config.counts_map_entries).map_err(map_error("counts"))?;
+        let filter_len = (config.tgids.len() as u32).max(1);
+        open.maps.tgid_filter.set_max_entries(filter_len).map_err(map_error("tgid_filter"))?;
+        if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
+            rodata.filter_tgids = !config.tgids.is_empty();
+        }
+        let skel = open.load().map_err(load_error)?;
+        libbpf_rs::set_print(None);
+
+        for tgid in &config.tgids {
+            skel.maps
+                .tgid_filter
+                .update(&tgid.to_ne_bytes(), &[1u8], MapFlags::ANY)
+                .map_err(map_error("tgid_filter"))?;
+        }
+
+        let announced = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&announced);
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&skel.maps.process_events, move |bytes: &[u8]| {
+                if bytes.len() >= std::mem::size_of::<types::process_event>() {
+                    // SAFETY: the ring holds `struct process_event` records
+                    // (checked length above); it is plain integers, so any
+                    // bit pattern is valid, and read_unaligned needs no alignment.
+                    let event: types::process_event =
+                        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                    if let Ok(mut list) = sink.lock() {
+                        list.push(event.tgid);
+                    }
+                }
+                0
+            })
+            .map_err(map_error("process_events"))?;
+        let ring = builder.build().map_err(map_error("process_events"))?;
+
+        let mut links = Vec::with_capacity(cpus.len());
+        for cpu in cpus {
+            let fd = open_cpu_clock(cpu, config.frequency_hz).map_err(|source| {
+                let hint = perf_event_hint(&source);
+                SamplerError::PerfEvent { cpu, source, hint }
+            })?;
+            let link = skel
+                .progs
+                .sample
+                .attach_perf_event(fd.as_raw_fd())
+                .map_err(|source| SamplerError::Attach { cpu, source })?;
+            // The link now owns the perf event and closes it on detach.
+            let _ = fd.into_raw_fd();
+            links.push(link);
+        }
+
+        Ok(Sampler { skel, links, ring, announced, config })
+    }
+
+    /// The configuration the sampler was started with.
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
+    /// Thread groups sampled for the first time since the last call.
+    /// Waits up to `timeout` for the first one.
+    pub fn new_processes(&mut self, timeout: Duration) -> Vec<u32> {
+        // A poll error is EINTR from a signal; the events stay queued.
+        let _ = self.ring.poll(timeout);
+        self.announced.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+    }
+
+    /// Stops sampling: detaches the program, which closes the perf events.
+    /// The maps stay readable.
+    pub fn stop(&mut self) {
+        self.links.clear();
+    }
+
+    /// The BPF program's counters, summed over CPUs.
+    pub fn stats(&self) -> Result<SampleStats, SamplerError> {
+        let mut counters = vec![0u64; types::stat_index::STAT_MAX.0 as usize];
+        for (index, slot) in counters.iter_mut().enumerate() {
+            let per_cpu = self
+                .skel
+                .maps
+                .stats
+                .lookup_percpu(&(index as u32).to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| SamplerError::Map { map: "stats", source })?
+                .unwrap_or_default();
+            *slot = per_cpu
+                .iter()
+                .filter_map(|bytes| bytes.get(..8))
+                .map(|bytes| u64::from_ne_bytes(bytes.try_into().unwrap_or([0; 8])))
+                .sum();
+        }
+        Ok(SampleStats::from_counters(&counters))
+    }
+
+    /// Reads every aggregated sample with its stacks.
+    pub fn read_samples(&self) -> Result<Vec<RawSample>, SamplerError> {
+        let counts = &self.skel.maps.counts;
+        let stacks = StackReader::new(&self.skel.maps.stacks);
+        let mut samples = Vec::new();
+        for key_bytes in counts.keys() {
+            let Some(value) = counts
+                .lookup(&key_bytes, MapFlags::ANY)
+                .map_err(|source| SamplerError::Map { map: "counts", source })?
+            else {
+                continue;
+            };
+            if key_bytes.len() < std::mem::size_of::<types::sample_key>() || value.len() < 8 {
+                continue;
+            }
+            // SAFETY: keys of `counts` are `struct sample_key` (length
+            // checked above), made only of integers, so every bit pattern
+            // is valid; read_unaligned imposes no alignment.
+            let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+            let comm_bytes: Vec<u8> =
+                key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+            samples.push(RawSample {
+                tgid: key.tgid,
+                tid: key.pid,
+                comm: String::from_utf8_lossy(&comm_bytes).into_owned(),
+                user: stacks.user(&key),
+                kernel: stacks.kernel(&key),
+                count: u64::from_ne_bytes(value[..8].try_into().unwrap_or([0; 8])),
+            });
+        }
+        Ok(samples)
+    }
+}

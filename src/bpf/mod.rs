@@ -1,0 +1,99 @@
+//! The sampler: loads `bpf/profiler.bpf.c`, opens a cpu-clock perf event on
+//! every online CPU, attaches the program to each, and reads the aggregated
+//! samples back. This is the only module that touches raw BPF bytes; every
+//! layout it reads comes from the skeleton's generated `types`.
+
+mod loader;
+mod perf_events;
+mod stacks;
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
+}
+
+pub use loader::{Sampler, SamplerConfig, SamplerError};
+pub use stacks::{Stack, StackLoss};
+
+use skel::types;
+
+/// Counters kept by the BPF program, summed over all CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SampleStats {
+    /// Samples the program accepted (after the pid filter).
+    pub samples: u64,
+    /// Samples dropped because the counts map was full.
+    pub lost_counts_full: u64,
+    /// Samples dropped because the counts map update failed otherwise.
+    pub lost_other: u64,
+    /// Samples kept whose user stack was lost because the stacks map was full.
+    pub user_stack_map_full: u64,
+    /// Samples kept whose user stack could not be captured.
+    pub user_stack_error: u64,
+    /// Samples kept whose kernel stack was lost because the stacks map was full.
+    pub kernel_stack_map_full: u64,
+    /// Samples kept whose kernel stack could not be captured.
+    pub kernel_stack_error: u64,
+    /// New-process notifications dropped because the ring buffer was full.
+    pub process_events_dropped: u64,
+}
+
+impl SampleStats {
+    /// Samples that never reached the counts map.
+    pub fn lost(&self) -> u64 {
+        self.lost_counts_full + self.lost_other
+    }
+
+    /// Samples kept with one of their stacks missing.
+    pub fn stacks_lost(&self) -> u64 {
+        self.user_stack_map_full
+            + self.user_stack_error
+            + self.kernel_stack_map_full
+            + self.kernel_stack_error
+    }
+
+    /// The difference between two readings, for per-window accounting.
+    pub fn since(&self, earlier: &SampleStats) -> SampleStats {
+        SampleStats {
+            samples: self.samples - earlier.samples,
+            lost_counts_full: self.lost_counts_full - earlier.lost_counts_full,
+            lost_other: self.lost_other - earlier.lost_other,
+            user_stack_map_full: self.user_stack_map_full - earlier.user_stack_map_full,
+            user_stack_error: self.user_stack_error - earlier.user_stack_error,
+            kernel_stack_map_full: self.kernel_stack_map_full - earlier.kernel_stack_map_full,
+            kernel_stack_error: self.kernel_stack_error - earlier.kernel_stack_error,
+            process_events_dropped: self.process_events_dropped - earlier.process_events_dropped,
+        }
+    }
+
+    fn from_counters(counters: &[u64]) -> SampleStats {
+        let at = |index: types::stat_index| counters.get(index.0 as usize).copied().unwrap_or(0);
+        SampleStats {
+            samples: at(types::stat_index::STAT_SAMPLES),
+            lost_counts_full: at(types::stat_index::STAT_LOST_COUNTS_FULL),
+            lost_other: at(types::stat_index::STAT_LOST_OTHER),
+            user_stack_map_full: at(types::stat_index::STAT_USER_STACK_MAP_FULL),
+            user_stack_error: at(types::stat_index::STAT_USER_STACK_ERROR),
+            kernel_stack_map_full: at(types::stat_index::STAT_KERNEL_STACK_MAP_FULL),
+            kernel_stack_error: at(types::stat_index::STAT_KERNEL_STACK_ERROR),
+            process_events_dropped: at(types::stat_index::STAT_PROCESS_EVENT_DROPPED),
+        }
+    }
+}
+
+/// One aggregated bucket read from the counts map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSample {
+    /// Thread group id: the process id as user space knows it.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The thread's comm at sampling time.
+    pub comm: String,
+    /// User stack, leaf first.
+    pub user: Stack,
+    /// Kernel stack, leaf first.
+    pub kernel: Stack,
+    /// How many samples fell into this bucket.
+    pub count: u64,
+}

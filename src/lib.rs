@@ -1,0 +1,10 @@
+//! taskprof: a CPU profiler for Linux built on BPF.
+//!
+//! Data flows sample → stack → symbol → profile:
+//! - [`bpf`] loads the sampler and reads aggregated samples and stacks;
+//! - [`process`] captures each process's mappings and files while it lives;
+//! - [`symbolize`] turns addresses into functions, files and lines;
+//! - [`pprof`] builds profiles, folded stacks and flame graphs;
+//! - [`oneshot`] is `taskprof profile`, built from the modules above.
+
+pub mod bpf;
