@@ -8,3 +8,7 @@
 //! - [`oneshot`] is `taskprof profile`, built from the modules above.
 
 pub mod bpf;
+pub mod process;
+pub mod symbolize;
+pub mod profile;
+pub mod pprof;

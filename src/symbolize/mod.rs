@@ -1,0 +1,249 @@
+//! Addresses to functions, files and lines.
+//!
+//! User addresses are symbolized per file with blazesym, by file offset,
+//! through the handle the process tracker holds open; results are cached
+//! by (file, offset), so a library mapped by a hundred processes is parsed
+//! and symbolized once. Kernel addresses go through kallsyms, and JIT code
+//! through `/tmp/perf-PID.map`. Nothing here fails a profile: an address
+//! that cannot be named gets a synthetic frame saying where it was.
+
+mod demangle;
+mod perf_map;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized};
+
+pub use demangle::demangle;
+pub use perf_map::PerfMap;
+
+use crate::process::{FileKey, ObjectFile};
+
+/// A function as profiles name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FunctionInfo {
+    /// Demangled name.
+    pub name: String,
+    /// Name as found in the binary (mangled).
+    pub system_name: String,
+    /// Source file, or empty.
+    pub file: String,
+    /// Line of the function's first instruction, or 0.
+    pub start_line: u32,
+}
+
+/// One frame of a location: a function and a line in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LineInfo {
+    /// The function.
+    pub function: Arc<FunctionInfo>,
+    /// Source line, or 0.
+    pub line: u32,
+}
+
+/// The frames at one address, innermost (inlined) first, outermost last.
+pub type Lines = Arc<[LineInfo]>;
+
+/// A location with one synthetic function, for addresses that cannot be named.
+pub fn synthetic_lines(name: impl Into<String>) -> Lines {
+    let name = name.into();
+    let function = FunctionInfo { name: name.clone(), system_name: name, file: String::new(), start_line: 0 };
+    Arc::from(vec![LineInfo { function: Arc::new(function), line: 0 }])
+}
+
+/// Symbolizer with caches for user files and the kernel.
+pub struct Symbolizer {
+    blaze: blazesym::symbolize::Symbolizer,
+    user: HashMap<(FileKey, u64), Lines>,
+    functions: HashMap<FunctionInfo, Arc<FunctionInfo>>,
+    kernel: HashMap<u64, Lines>,
+    perf_maps: HashMap<u32, Option<PerfMap>>,
+    failures: u64,
+}
+
+impl Default for Symbolizer {
+    fn default() -> Self {
+        Symbolizer::new()
+    }
+}
+
+impl Symbolizer {
+    /// A symbolizer using DWARF (with split debug files from
+    /// `/usr/lib/debug`) where present, and symbol tables otherwise.
+    pub fn new() -> Symbolizer {
+        let blaze = blazesym::symbolize::Symbolizer::builder()
+            // Files are opened through handles that never change under a
+            // path, and some (of exited processes) cannot be stat'ed again.
+            .enable_auto_reload(false)
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            // Both names are needed: demangled for display, raw for system_name.
+            .enable_demangling(false)
+            .set_debug_dirs(Some([PathBuf::from("/usr/lib/debug"), PathBuf::from("/lib/debug")]))
+            .build();
+        Symbolizer {
+            blaze,
+            user: HashMap::new(),
+            functions: HashMap::new(),
+            kernel: HashMap::new(),
+            perf_maps: HashMap::new(),
+            failures: 0,
+        }
+    }
+
+    /// Addresses that could not be named so far.
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// Symbolizes file offsets of one object not already cached.
+    pub fn symbolize_object(&mut self, key: FileKey, object: &ObjectFile, offsets: &[u64]) {
+        let mut todo: Vec<u64> = offsets.iter().copied().filter(|o| !self.user.contains_key(&(key, *o))).collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if todo.is_empty() {
+            return;
+        }
+        let path = object.handle_path();
+        let src = Source::Elf(Elf::new(path));
+        let results = match self.blaze.symbolize(&src, Input::FileOffset(&todo)) {
+            Ok(results) => results,
+            Err(_) => {
+                // Not ELF, or unreadable: every offset gets the file+offset frame.
+                for offset in &todo {
+                    self.failures += 1;
+                    let name = format!("{}+{:#x}", object.original_path.display(), offset);
+                    self.user.insert((key, *offset), synthetic_lines(name));
+                }
+                return;
+            }
+        };
+
+        // Function start lines: symbolize each function's first address.
+        let mut starts: Vec<u64> = results
+            .iter()
+            .filter_map(|r| match r {
+                Symbolized::Sym(sym) => Some(sym.addr),
+                Symbolized::Unknown(_) => None,
+            })
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let start_lines: HashMap<u64, u32> = self
+            .blaze
+            .symbolize(&src, Input::VirtOffset(&starts))
+            .map(|found| {
+                starts
+                    .iter()
+                    .zip(found)
+                    .filter_map(|(addr, r)| match r {
+                        Symbolized::Sym(sym) => Some((*addr, sym.code_info.as_ref()?.line?)),
+                        Symbolized::Unknown(_) => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+
+        let mut entries = Vec::with_capacity(todo.len());
+        for (offset, result) in todo.iter().zip(results) {
+            let lines = match result {
+                Symbolized::Sym(sym) => {
+                    let start_line = start_lines.get(&sym.addr).copied().unwrap_or(0);
+                    // blazesym reports the outer function first with its
+                    // code info, then inlined callees outer to inner.
+                    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+                    frames.push(LineInfo {
+                        function: intern(&mut self.functions, &sym.name, code_file(sym.code_info.as_deref()), start_line),
+                        line: sym.code_info.as_ref().and_then(|c| c.line).unwrap_or(0),
+                    });
+                    for inlined in sym.inlined.iter() {
+                        frames.push(LineInfo {
+                            function: intern(&mut self.functions, &inlined.name, code_file(inlined.code_info.as_ref()), 0),
+                            line: inlined.code_info.as_ref().and_then(|c| c.line).unwrap_or(0),
+                        });
+                    }
+                    frames.reverse();
+                    Arc::from(frames)
+                }
+                Symbolized::Unknown(_) => {
+                    self.failures += 1;
+                    let file = object.original_path.file_name().unwrap_or_default().to_string_lossy();
+                    synthetic_lines(format!("{file}+{offset:#x}"))
+                }
+            };
+            entries.push(((key, *offset), lines));
+        }
+        self.user.extend(entries);
+    }
+
+    /// The cached frames for a file offset (after [`Symbolizer::symbolize_object`]).
+    pub fn object_lines(&self, key: FileKey, offset: u64) -> Option<Lines> {
+        self.user.get(&(key, offset)).cloned()
+    }
+
+    /// Symbolizes kernel addresses not already cached.
+    pub fn symbolize_kernel(&mut self, addresses: &[u64]) {
+        let mut todo: Vec<u64> = addresses.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
+        todo.sort_unstable();
+        todo.dedup();
+        if todo.is_empty() {
+            return;
+        }
+        let kernel = Kernel {
+            vmlinux: blazesym::MaybeDefault::None,
+            debug_syms: false,
+            ..Kernel::default()
+        };
+        let results = self.blaze.symbolize(&Source::Kernel(kernel), Input::AbsAddr(&todo)).unwrap_or_default();
+        for (index, addr) in todo.iter().enumerate() {
+            let lines = match results.get(index) {
+                Some(Symbolized::Sym(sym)) => {
+                    let function = intern(&mut self.functions, &sym.name, String::new(), 0);
+                    Arc::from(vec![LineInfo { function, line: 0 }])
+                }
+                _ => {
+                    self.failures += 1;
+                    synthetic_lines(format!("[kernel] {addr:#x}"))
+                }
+            };
+            self.kernel.insert(*addr, lines);
+        }
+    }
+
+    /// The cached frames for a kernel address.
+    pub fn kernel_lines(&self, address: u64) -> Option<Lines> {
+        self.kernel.get(&address).cloned()
+    }
+
+    /// Names JIT code through the process's perf map, if it has one.
+    pub fn perf_map_lines(&mut self, tgid: u32, address: u64) -> Option<Lines> {
+        let map = self.perf_maps.entry(tgid).or_insert_with(|| PerfMap::load_for(tgid)).as_ref()?;
+        let name = map.lookup(address)?.to_string();
+        Some(Arc::from(vec![LineInfo { function: intern(&mut self.functions, &name, String::new(), 0), line: 0 }]))
+    }
+
+}
+
+/// One shared `FunctionInfo` per distinct function.
+fn intern(functions: &mut HashMap<FunctionInfo, Arc<FunctionInfo>>, raw: &str, file: String, start_line: u32) -> Arc<FunctionInfo> {
+    let info = FunctionInfo { name: demangle(raw), system_name: raw.to_string(), file, start_line };
+    if let Some(found) = functions.get(&info) {
+        return Arc::clone(found);
+    }
+    let shared = Arc::new(info.clone());
+    functions.insert(info, Arc::clone(&shared));
+    shared
+}
+
+fn code_file(info: Option<&blazesym::symbolize::CodeInfo<'_>>) -> String {
+    match info {
+        Some(info) => match &info.dir {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(&*info.file).display().to_string(),
+            _ => PathBuf::from(&*info.file).display().to_string(),
+        },
+        None => String::new(),
+    }
+}

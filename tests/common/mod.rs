@@ -1,0 +1,643 @@
+//! Shared machinery for the integration tests: building and running the C
+//! fixtures, running the `taskprof` binary, and reading the profiles it
+//! writes.
+//!
+//! Each test binary compiles this module separately and uses only part of
+//! it, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use taskprof::pprof::proto::{Profile, Sample};
+
+/// Flags every fixture is built with: frame pointers for the unwinder,
+/// no inlining so each C function is its own frame, and DWARF for names.
+const FIXTURE_CFLAGS: &[&str] = &["-g", "-O1", "-fno-omit-frame-pointer", "-fno-inline"];
+
+/// How long a profiling run may take before the test gives up on it. Far
+/// longer than any profile the tests ask for, because BPF loading and
+/// symbolizing a whole host can be slow on a busy CI machine.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Mapping filename the profiler gives kernel frames.
+pub const KERNEL_MAPPING: &str = "[kernel.kallsyms]";
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+/// A C program under `tests/fixtures/`. Each takes one argument, the number
+/// of seconds to run, and exits 0 when that time is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FixtureProgram {
+    /// Burns CPU in `main -> outer -> middle -> hot`.
+    Chain,
+    /// Burns CPU in `main -> early_main_loop -> early_outer -> early_hot`.
+    ExitsEarly,
+    /// Reads /dev/zero in large chunks, so kernel frames dominate.
+    Syscalls,
+}
+
+impl FixtureProgram {
+    /// The executable's file name, which is also its `comm`: every name is
+    /// shorter than the kernel's 15-byte limit.
+    pub fn name(self) -> &'static str {
+        match self {
+            FixtureProgram::Chain => "chain",
+            FixtureProgram::ExitsEarly => "exits_early",
+            FixtureProgram::Syscalls => "syscalls",
+        }
+    }
+
+    fn source(self) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{}.c", self.name()))
+    }
+
+    /// Path to the built executable, compiling it on first use.
+    ///
+    /// Builds are cached under `CARGO_TARGET_TMPDIR` in a directory named
+    /// after a hash of the source and flags, so an edited fixture is rebuilt
+    /// and an unchanged one is built once per target directory. Within one
+    /// test binary a mutex serialises builds; across test binaries running
+    /// at the same time, each compiles to a private name and renames it into
+    /// place, so nobody ever executes a half-written file.
+    pub fn executable(self) -> PathBuf {
+        static BUILT: Mutex<BTreeMap<FixtureProgram, PathBuf>> = Mutex::new(BTreeMap::new());
+
+        let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(path) = built.get(&self) {
+            return path.clone();
+        }
+        let path = self.build();
+        built.insert(self, path.clone());
+        path
+    }
+
+    fn build(self) -> PathBuf {
+        let source = self.source();
+        let code = std::fs::read(&source)
+            .unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
+        let mut hasher = DefaultHasher::new();
+        code.hash(&mut hasher);
+        FIXTURE_CFLAGS.hash(&mut hasher);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("fixtures")
+            .join(format!("{}-{:016x}", self.name(), hasher.finish()));
+        let output = dir.join(self.name());
+        if output.is_file() {
+            return output;
+        }
+
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
+        let partial = dir.join(format!(".{}.{}.partial", self.name(), std::process::id()));
+        let result = Command::new(clang())
+            .args(FIXTURE_CFLAGS)
+            .arg("-o")
+            .arg(&partial)
+            .arg(&source)
+            .output()
+            .unwrap_or_else(|err| panic!("failed to run clang: {err}"));
+        assert!(
+            result.status.success(),
+            "failed to compile `{}` ({}):\n{}",
+            source.display(),
+            result.status,
+            String::from_utf8_lossy(&result.stderr)
+        );
+        std::fs::rename(&partial, &output).unwrap_or_else(|err| {
+            panic!(
+                "failed to move `{}` to `{}`: {err}",
+                partial.display(),
+                output.display()
+            )
+        });
+        output
+    }
+}
+
+/// A running fixture process. Dropping it kills and reaps the process, so a
+/// failing test never leaves a CPU burner behind.
+pub struct Fixture {
+    child: Child,
+    program: FixtureProgram,
+}
+
+impl Fixture {
+    /// Builds `program` if needed and starts it for `seconds` seconds.
+    ///
+    /// Returns once the fixture's executable has been exec'ed (std reports
+    /// exec failures from `spawn`), so its pid already names the program.
+    pub fn spawn(program: FixtureProgram, seconds: f64) -> Fixture {
+        let executable = program.executable();
+        let child = Command::new(&executable)
+            .arg(seconds.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|err| panic!("failed to start `{}`: {err}", executable.display()));
+        Fixture { child, program }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process name the kernel reports for the fixture.
+    pub fn comm(&self) -> &'static str {
+        self.program.name()
+    }
+
+    /// Waits for the fixture to exit by itself and checks it succeeded.
+    pub fn wait_for_exit(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "fixture {} failed: {status}", self.comm());
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => panic!("fixture {} still running after {timeout:?}", self.comm()),
+                Err(err) => panic!("failed to wait for fixture {}: {err}", self.comm()),
+            }
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Either may fail because the fixture already exited and was reaped;
+        // there is nothing left to clean up then.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Running taskprof
+// ---------------------------------------------------------------------------
+
+/// The outcome of one `taskprof` run.
+#[derive(Debug)]
+pub struct TaskprofRun {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Wall time from spawn to exit.
+    pub elapsed: Duration,
+}
+
+impl TaskprofRun {
+    /// Panics with the captured output unless the run exited 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "taskprof failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics with the captured output unless the run exited with `code`.
+    pub fn assert_exit_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.status.code(),
+            Some(code),
+            "expected exit code {code}, got {}:\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// A `taskprof` process in flight. Dropping it kills and reaps the process.
+pub struct RunningTaskprof {
+    child: Child,
+    started: Instant,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+/// Starts `taskprof` with `args` in `cwd`, capturing its output.
+pub fn spawn_taskprof<I>(args: I, cwd: &Path) -> RunningTaskprof
+where
+    I: IntoIterator,
+    I::Item: AsRef<OsStr>,
+{
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskprof"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("failed to start taskprof: {err}"));
+    let started = Instant::now();
+    // Drained on threads so a chatty run cannot fill a pipe and stall.
+    let stdout = child.stdout.take().map(drain_to_string);
+    let stderr = child.stderr.take().map(drain_to_string);
+    RunningTaskprof {
+        child,
+        started,
+        stdout,
+        stderr,
+    }
+}
+
+/// Runs `taskprof` with `args` in `cwd` to completion.
+pub fn run_taskprof<I>(args: I, cwd: &Path, timeout: Duration) -> TaskprofRun
+where
+    I: IntoIterator,
+    I::Item: AsRef<OsStr>,
+{
+    spawn_taskprof(args, cwd).wait(timeout)
+}
+
+fn drain_to_string(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+impl RunningTaskprof {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGINT`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child, which has not been reaped yet, so it cannot be reused.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "failed to send signal {signal} to taskprof: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits until the profiler has opened its perf events, which is the
+    /// earliest point at which it can be sampling. Panics with the process's
+    /// output if it exits first or takes longer than `timeout`.
+    pub fn wait_until_sampling(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let fd_dir = PathBuf::from(format!("/proc/{}/fd", self.pid()));
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let run = self.collect();
+                panic!(
+                    "taskprof exited ({}) before it started sampling:\nstderr:\n{}",
+                    run.status, run.stderr
+                );
+            }
+            if has_perf_event_fd(&fd_dir) {
+                // The events are opened just before the program is attached.
+                thread::sleep(Duration::from_millis(200));
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("taskprof opened no perf events within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit, killing it and panicking with its
+    /// output if it takes longer than `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> TaskprofRun {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return self.collect(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let run = self.collect();
+                    panic!(
+                        "taskprof did not exit within {timeout:?}; killed it.\nstdout:\n{}\nstderr:\n{}",
+                        run.stdout, run.stderr
+                    );
+                }
+                Err(err) => panic!("failed to wait for taskprof: {err}"),
+            }
+        }
+    }
+
+    fn collect(&mut self) -> TaskprofRun {
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|err| panic!("failed to wait for taskprof: {err}"));
+        let elapsed = self.started.elapsed();
+        let join = |handle: Option<JoinHandle<String>>| {
+            handle
+                .map(|h| h.join().unwrap_or_default())
+                .unwrap_or_default()
+        };
+        TaskprofRun {
+            status,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+            elapsed,
+        }
+    }
+}
+
+impl Drop for RunningTaskprof {
+    fn drop(&mut self) {
+        // Fails harmlessly if the process was already reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn has_perf_event_fd(fd_dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(fd_dir) else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_link(entry.path())
+            .map(|target| target.to_string_lossy().contains("perf_event"))
+            .unwrap_or(false)
+    })
+}
+
+/// A fresh temporary directory for one test's outputs.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("taskprof-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap_or_else(|err| panic!("failed to create a scratch directory: {err}"))
+}
+
+// ---------------------------------------------------------------------------
+// Reading profiles
+// ---------------------------------------------------------------------------
+
+/// Reads a pprof file, gzipped or not, and decodes it.
+pub fn read_pprof(path: &Path) -> Profile {
+    let bytes = std::fs::read(path)
+        .unwrap_or_else(|err| panic!("failed to read profile `{}`: {err}", path.display()));
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut raw)
+            .unwrap_or_else(|err| panic!("failed to gunzip `{}`: {err}", path.display()));
+        raw
+    } else {
+        bytes
+    };
+    <Profile as prost::Message>::decode(raw.as_slice())
+        .unwrap_or_else(|err| panic!("failed to decode profile `{}`: {err}", path.display()))
+}
+
+/// One frame of a sample's stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Function name, or `0x…` for a location with no line information.
+    pub function: String,
+    /// Filename of the location's mapping (`[kernel.kallsyms]` for the
+    /// kernel), empty if the location has no mapping.
+    pub mapping: String,
+}
+
+impl Frame {
+    pub fn is_kernel(&self) -> bool {
+        self.mapping == KERNEL_MAPPING
+    }
+}
+
+/// One aggregated stack: root→leaf frames and their sample count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stack {
+    pub frames: Vec<Frame>,
+    pub count: i64,
+}
+
+impl Stack {
+    pub fn function_names(&self) -> Vec<String> {
+        self.frames.iter().map(|f| f.function.clone()).collect()
+    }
+
+    pub fn leaf(&self) -> Option<&str> {
+        self.frames.last().map(|f| f.function.as_str())
+    }
+
+    /// Whether `names` appear in this stack in order (root→leaf), not
+    /// necessarily adjacent.
+    pub fn contains_in_order(&self, names: &[&str]) -> bool {
+        let mut wanted = names.iter().peekable();
+        for frame in &self.frames {
+            if wanted.peek().is_some_and(|name| frame.function == **name) {
+                wanted.next();
+            }
+        }
+        wanted.peek().is_none()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.frames.iter().any(|f| f.function == name)
+    }
+}
+
+/// Index over a decoded profile that resolves string, location and
+/// function ids, panicking on dangling references.
+pub struct ProfileView<'a> {
+    pub profile: &'a Profile,
+    locations: HashMap<u64, &'a taskprof::pprof::proto::Location>,
+    functions: HashMap<u64, &'a taskprof::pprof::proto::Function>,
+    mappings: HashMap<u64, &'a taskprof::pprof::proto::Mapping>,
+}
+
+impl<'a> ProfileView<'a> {
+    pub fn new(profile: &'a Profile) -> Self {
+        ProfileView {
+            profile,
+            locations: profile.location.iter().map(|l| (l.id, l)).collect(),
+            functions: profile.function.iter().map(|f| (f.id, f)).collect(),
+            mappings: profile.mapping.iter().map(|m| (m.id, m)).collect(),
+        }
+    }
+
+    /// The string at `index` in the string table.
+    pub fn string(&self, index: i64) -> &'a str {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.profile.string_table.get(i))
+            .unwrap_or_else(|| panic!("string index {index} is out of range"))
+    }
+
+    /// The numeric label `key` of `sample`, if present.
+    pub fn label_num(&self, sample: &Sample, key: &str) -> Option<i64> {
+        sample
+            .label
+            .iter()
+            .find(|l| self.string(l.key) == key)
+            .map(|l| l.num)
+    }
+
+    /// The string label `key` of `sample`, if present.
+    pub fn label_str(&self, sample: &Sample, key: &str) -> Option<&'a str> {
+        sample
+            .label
+            .iter()
+            .find(|l| self.string(l.key) == key)
+            .map(|l| self.string(l.str))
+    }
+
+    /// The `pid` label of `sample`; every sample must have one.
+    pub fn pid(&self, sample: &Sample) -> i64 {
+        self.label_num(sample, "pid")
+            .unwrap_or_else(|| panic!("sample has no pid label: {sample:?}"))
+    }
+
+    /// The sample's frames, root→leaf. A location's lines are innermost
+    /// first and `location_id[0]` is the leaf, so both are reversed.
+    pub fn frames(&self, sample: &Sample) -> Vec<Frame> {
+        let mut leaf_first = Vec::new();
+        for id in &sample.location_id {
+            let location = self
+                .locations
+                .get(id)
+                .unwrap_or_else(|| panic!("sample refers to missing location {id}"));
+            let mapping = match location.mapping_id {
+                0 => String::new(),
+                id => {
+                    let mapping = self
+                        .mappings
+                        .get(&id)
+                        .unwrap_or_else(|| panic!("location refers to missing mapping {id}"));
+                    self.string(mapping.filename).to_owned()
+                }
+            };
+            if location.line.is_empty() {
+                leaf_first.push(Frame {
+                    function: format!("{:#x}", location.address),
+                    mapping,
+                });
+                continue;
+            }
+            for line in &location.line {
+                let function = self
+                    .functions
+                    .get(&line.function_id)
+                    .unwrap_or_else(|| panic!("line refers to missing function {}", line.function_id));
+                leaf_first.push(Frame {
+                    function: self.string(function.name).to_owned(),
+                    mapping: mapping.clone(),
+                });
+            }
+        }
+        leaf_first.reverse();
+        leaf_first
+    }
+
+    /// The stack and count (`value[0]`) of every sample accepted by `keep`.
+    pub fn stacks_where(&self, keep: impl Fn(&Sample) -> bool) -> Vec<Stack> {
+        self.profile
+            .sample
+            .iter()
+            .filter(|s| keep(s))
+            .map(|s| Stack {
+                frames: self.frames(s),
+                count: *s.value.first().expect("sample has no values"),
+            })
+            .collect()
+    }
+
+    /// Every stack sampled in process `pid`.
+    pub fn stacks_for_pid(&self, pid: u32) -> Vec<Stack> {
+        self.stacks_where(|s| self.pid(s) == i64::from(pid))
+    }
+
+    /// Every stack sampled in a process or thread named `comm`.
+    pub fn stacks_for_comm(&self, comm: &str) -> Vec<Stack> {
+        self.stacks_where(|s| {
+            self.label_str(s, "process_name") == Some(comm)
+                || self.label_str(s, "thread_name") == Some(comm)
+        })
+    }
+}
+
+/// Total sample count of `stacks`.
+pub fn total_count(stacks: &[Stack]) -> i64 {
+    stacks.iter().map(|s| s.count).sum()
+}
+
+/// Renders stacks for assertion messages, heaviest first.
+pub fn describe_stacks(stacks: &[Stack]) -> String {
+    let mut sorted: Vec<&Stack> = stacks.iter().collect();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.count));
+    sorted
+        .iter()
+        .take(20)
+        .map(|s| format!("{:>6} {}", s.count, s.function_names().join(";")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// External tools
+// ---------------------------------------------------------------------------
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The clang used to build fixtures.
+pub fn clang() -> PathBuf {
+    if let Some(clang) = find_in_path("clang") {
+        return clang;
+    }
+    (14..=21)
+        .rev()
+        .find_map(|version| find_in_path(&format!("clang-{version}")))
+        .unwrap_or_else(|| {
+            panic!(
+                "clang not found in PATH; it builds the test fixtures. \
+                 install clang: scripts/install-deps.sh --test (or apt-get install clang)"
+            )
+        })
+}
+
+/// The Go toolchain, whose `go tool pprof` checks the profiles.
+pub fn go() -> PathBuf {
+    find_in_path("go")
+        .or_else(|| {
+            ["/usr/lib/go/bin/go", "/usr/bin/go", "/usr/local/go/bin/go"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|candidate| candidate.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "go not found (looked in PATH, /usr/lib/go/bin, /usr/bin, /usr/local/go/bin); \
+                 `go tool pprof` checks the profiles. \
+                 install golang-go: scripts/install-deps.sh --test (or apt-get install golang-go)"
+            )
+        })
+}
