@@ -12,3 +12,6 @@ pub mod process;
 pub mod symbolize;
 pub mod profile;
 pub mod pprof;
+pub mod cli;
+pub mod config;
+pub mod oneshot;

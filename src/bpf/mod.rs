@@ -97,3 +97,8 @@ pub struct RawSample {
     /// How many samples fell into this bucket.
     pub count: u64,
 }
+
+/// Number of online CPUs, on each of which the sampler opens an event.
+pub fn online_cpu_count() -> std::io::Result<usize> {
+    perf_events::online_cpus().map(|cpus| cpus.len())
+}

@@ -391,6 +391,48 @@ pub fn scratch_dir() -> tempfile::TempDir {
         .unwrap_or_else(|err| panic!("failed to create a scratch directory: {err}"))
 }
 
+/// A path as a command-line argument; test paths are always UTF-8.
+pub fn path_arg(path: &Path) -> &str {
+    path.to_str()
+        .unwrap_or_else(|| panic!("test path `{}` is not UTF-8", path.display()))
+}
+
+/// A finished `taskprof profile` run that wrote a pprof file.
+pub struct RecordedProfile {
+    /// Scratch directory holding the output; removed on drop.
+    pub dir: tempfile::TempDir,
+    pub output: PathBuf,
+    pub run: TaskprofRun,
+    pub profile: Profile,
+}
+
+/// Profiles `pids` (the whole host if empty) for `duration` into a pprof
+/// file, checks the run succeeded, and decodes the result.
+pub fn record_pprof(pids: &[u32], duration: &str) -> RecordedProfile {
+    let dir = scratch_dir();
+    let output = dir.path().join("profile.pb.gz");
+    let mut args = vec![
+        "profile".to_owned(),
+        "--duration".to_owned(),
+        duration.to_owned(),
+        "-o".to_owned(),
+        path_arg(&output).to_owned(),
+    ];
+    for pid in pids {
+        args.push("--pid".to_owned());
+        args.push(pid.to_string());
+    }
+    let run = run_taskprof(&args, dir.path(), RUN_TIMEOUT);
+    run.assert_success();
+    let profile = read_pprof(&output);
+    RecordedProfile {
+        dir,
+        output,
+        run,
+        profile,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Reading profiles
 // ---------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+//! `taskprof profile`: sample for a while, then symbolize and write one
+//! profile. Ctrl-C or SIGTERM ends sampling early; what was collected is
+//! still written.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+
+use crate::bpf::{SampleStats, Sampler, SamplerConfig};
+use crate::config::{OutputFormat, ProfileConfig};
+use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta};
+use crate::process::ProcessTable;
+use crate::profile::symbolize_samples;
+use crate::symbolize::Symbolizer;
+
+/// What a finished profile contains.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Counters from the BPF program.
+    pub stats: SampleStats,
+    /// Samples that made it into the output.
+    pub samples_written: u64,
+    /// Distinct processes in the output.
+    pub processes: usize,
+    /// How long sampling ran.
+    pub sampled_for: Duration,
+    /// Time from the end of sampling to the file written.
+    pub processing: Duration,
+    /// Whether a signal ended sampling early.
+    pub interrupted: bool,
+}
+
+/// Runs a one-shot profile. `stop` is set by the signal handlers.
+pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> {
+    let cpus = crate::bpf::online_cpu_count().context("failed to count the online CPUs")?;
+    let mut sampler_config = SamplerConfig::sized_for(config.frequency_hz, config.duration.as_secs().max(1), cpus as u64);
+    sampler_config.tgids = config.pids.clone();
+    sampler_config.verifier_log = config.verifier_log;
+
+    let mut processes = ProcessTable::new();
+    // Known targets are captured before the first sample.
+    for &pid in &config.pids {
+        processes.observe(pid);
+    }
+
+    let mut sampler = Sampler::start(sampler_config)?;
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+
+    while started.elapsed() < config.duration && !stop.load(Ordering::Relaxed) {
+        let wait = config.duration.saturating_sub(started.elapsed()).min(Duration::from_millis(100));
+        for tgid in sampler.new_processes(wait) {
+            processes.observe(tgid);
+        }
+        if progress && last_progress.elapsed() >= Duration::from_millis(250) {
+            last_progress = Instant::now();
+            let samples = sampler.stats().map(|s| s.samples).unwrap_or(0);
+            let elapsed = started.elapsed().min(config.duration);
+            eprint!(
+                "\r\x1b[Ktaskprof: {:>4.0}s elapsed, {:>4.0}s left, {samples} samples",
+                elapsed.as_secs_f64(),
+                (config.duration - elapsed).as_secs_f64()
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let interrupted = stop.load(Ordering::Relaxed);
+    sampler.stop();
+    let sampled_for = started.elapsed();
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    let processing_started = Instant::now();
+
+    for tgid in sampler.new_processes(Duration::ZERO) {
+        processes.observe(tgid);
+    }
+    let stats = sampler.stats()?;
+    let raw = sampler.read_samples()?;
+    drop(sampler);
+
+    let mut symbolizer = Symbolizer::new();
+    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer);
+    let meta = ProfileMeta { frequency_hz: config.frequency_hz, start: started_at, duration: sampled_for };
+    let bytes = match config.format {
+        OutputFormat::Pprof => encode_gzip(&build_profile(&samples, &meta)).context("failed to encode the profile")?,
+        OutputFormat::Folded => {
+            let mut text = folded_lines(&samples).join("\n");
+            text.push('\n');
+            text.into_bytes()
+        }
+        OutputFormat::FlameGraph => {
+            let mut svg = Vec::new();
+            write_flamegraph(&samples, "taskprof CPU flame graph", &mut svg).context("failed to draw the flame graph")?;
+            svg
+        }
+    };
+    let path = config.output.path().to_path_buf();
+    config.output.commit(&bytes).with_context(|| format!("failed to write `{}`", path.display()))?;
+
+    let processes: std::collections::HashSet<u32> = samples.iter().map(|s| s.pid).collect();
+    Ok(Summary {
+        stats,
+        samples_written: samples.iter().map(|s| s.count).sum(),
+        processes: processes.len(),
+        sampled_for,
+        processing: processing_started.elapsed(),
+        interrupted,
+    })
+}
+
+/// The one-line summary printed at the end of `taskprof profile`.
+pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFormat) -> String {
+    let s = &summary.stats;
+    let open = match format {
+        OutputFormat::Pprof => format!("open it with: go tool pprof -http=: {}", path.display()),
+        OutputFormat::Folded => format!("draw it with: inferno-flamegraph < {}", path.display()),
+        OutputFormat::FlameGraph => format!("open it in a browser: {}", path.display()),
+    };
+    format!(
+        "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
+         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); wrote {}; {}",
+        summary.samples_written,
+        summary.processes,
+        summary.sampled_for.as_secs_f64(),
+        if summary.interrupted { " (interrupted)" } else { "" },
+        s.lost(),
+        s.lost_counts_full,
+        s.lost_other,
+        s.stacks_lost(),
+        s.user_stack_map_full,
+        s.user_stack_error,
+        s.kernel_stack_map_full,
+        s.kernel_stack_error,
+        path.display(),
+        open
+    )
+}
