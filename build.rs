@@ -31,8 +31,7 @@ fn main() {
         );
     }
 
-    let fds = protox::compile([PROTO], ["proto"])
-        .unwrap_or_else(|err| panic!("failed to parse {PROTO}: {err}"));
+    let fds = protox::compile([PROTO], ["proto"]).unwrap_or_else(|err| panic!("failed to parse {PROTO}: {err}"));
     prost_build::Config::new()
         .compile_fds(fds)
         .unwrap_or_else(|err| panic!("failed to generate code for {PROTO}: {err}"));

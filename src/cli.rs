@@ -112,7 +112,10 @@ mod tests {
             &["--format", "nope"],
         ] {
             let err = parse(bad).expect_err(&format!("{bad:?} accepted"));
-            assert!(matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue), "{bad:?}: {err}");
+            assert!(
+                matches!(err.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue),
+                "{bad:?}: {err}"
+            );
             assert_eq!(err.exit_code(), 2);
         }
     }

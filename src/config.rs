@@ -91,7 +91,8 @@ impl ProfileConfig {
             Some(FormatArg::Pprof) => OutputFormat::Pprof,
             Some(FormatArg::Folded) => OutputFormat::Folded,
             Some(FormatArg::Flamegraph) => OutputFormat::FlameGraph,
-            None => OutputFormat::from_path(&args.output).ok_or_else(|| ConfigError::UnknownExtension(args.output.clone()))?,
+            None => OutputFormat::from_path(&args.output)
+                .ok_or_else(|| ConfigError::UnknownExtension(args.output.clone()))?,
         };
         let mut pids = args.pid;
         pids.sort_unstable();
@@ -139,11 +140,16 @@ pub struct PendingOutput {
 impl PendingOutput {
     /// Creates the temporary file, proving the destination is writable.
     pub fn create(path: &Path) -> Result<PendingOutput, ConfigError> {
-        let unwritable = |reason: String| ConfigError::Unwritable { path: path.to_path_buf(), reason };
+        let unwritable = |reason: String| ConfigError::Unwritable {
+            path: path.to_path_buf(),
+            reason,
+        };
         if path.is_dir() {
             return Err(unwritable("it is a directory".into()));
         }
-        let name = path.file_name().ok_or_else(|| unwritable("it has no file name".into()))?;
+        let name = path
+            .file_name()
+            .ok_or_else(|| unwritable("it has no file name".into()))?;
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -156,14 +162,22 @@ impl PendingOutput {
                 return Err(unwritable("it is read-only".into()));
             }
         }
-        let temp = dir.join(format!(".{}.taskprof-{}.tmp", name.to_string_lossy(), std::process::id()));
+        let temp = dir.join(format!(
+            ".{}.taskprof-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&temp)
             .map_err(|err| unwritable(err.to_string()))?;
-        Ok(PendingOutput { path: path.to_path_buf(), temp, file: Some(file) })
+        Ok(PendingOutput {
+            path: path.to_path_buf(),
+            temp,
+            file: Some(file),
+        })
     }
 
     /// The destination.
@@ -174,7 +188,10 @@ impl PendingOutput {
     /// Writes `bytes` and moves the file into place.
     pub fn commit(mut self, bytes: &[u8]) -> std::io::Result<()> {
         use std::io::Write;
-        let mut file = self.file.take().ok_or_else(|| std::io::Error::other("output already committed"))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("output already committed"))?;
         file.write_all(bytes)?;
         file.sync_all()?;
         drop(file);
@@ -201,17 +218,29 @@ mod tests {
 
     #[test]
     fn formats_from_extensions() {
-        assert_eq!(OutputFormat::from_path(Path::new("a/profile.pb.gz")), Some(OutputFormat::Pprof));
-        assert_eq!(OutputFormat::from_path(Path::new("x.folded")), Some(OutputFormat::Folded));
+        assert_eq!(
+            OutputFormat::from_path(Path::new("a/profile.pb.gz")),
+            Some(OutputFormat::Pprof)
+        );
+        assert_eq!(
+            OutputFormat::from_path(Path::new("x.folded")),
+            Some(OutputFormat::Folded)
+        );
         assert_eq!(OutputFormat::from_path(Path::new("x.TXT")), Some(OutputFormat::Folded));
-        assert_eq!(OutputFormat::from_path(Path::new("app.svg")), Some(OutputFormat::FlameGraph));
+        assert_eq!(
+            OutputFormat::from_path(Path::new("app.svg")),
+            Some(OutputFormat::FlameGraph)
+        );
         assert_eq!(OutputFormat::from_path(Path::new("app.bin")), None);
     }
 
     #[test]
     fn own_pid_is_a_process_and_missing_pids_are_not() {
         check_process(Path::new("/proc"), std::process::id()).unwrap();
-        assert!(matches!(check_process(Path::new("/proc"), u32::MAX - 3), Err(ConfigError::NoSuchProcess(_))));
+        assert!(matches!(
+            check_process(Path::new("/proc"), u32::MAX - 3),
+            Err(ConfigError::NoSuchProcess(_))
+        ));
     }
 
     #[test]
@@ -232,8 +261,16 @@ mod tests {
         assert!(!path.exists());
         pending.commit(b"data").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"data");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
         drop(PendingOutput::create(&dir.path().join("q.pb.gz")).unwrap());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "dropped output left a file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "dropped output left a file"
+        );
     }
 }

@@ -8,10 +8,10 @@
 //! - [`oneshot`] is `taskprof profile`, built from the modules above.
 
 pub mod bpf;
-pub mod process;
-pub mod symbolize;
-pub mod profile;
-pub mod pprof;
 pub mod cli;
 pub mod config;
 pub mod oneshot;
+pub mod pprof;
+pub mod process;
+pub mod profile;
+pub mod symbolize;

@@ -35,7 +35,8 @@ pub struct Summary {
 /// Runs a one-shot profile. `stop` is set by the signal handlers.
 pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let cpus = crate::bpf::online_cpu_count().context("failed to count the online CPUs")?;
-    let mut sampler_config = SamplerConfig::sized_for(config.frequency_hz, config.duration.as_secs().max(1), cpus as u64);
+    let mut sampler_config =
+        SamplerConfig::sized_for(config.frequency_hz, config.duration.as_secs().max(1), cpus as u64);
     sampler_config.tgids = config.pids.clone();
     sampler_config.verifier_log = config.verifier_log;
 
@@ -52,7 +53,10 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     let mut last_progress = Instant::now() - Duration::from_secs(1);
 
     while started.elapsed() < config.duration && !stop.load(Ordering::Relaxed) {
-        let wait = config.duration.saturating_sub(started.elapsed()).min(Duration::from_millis(100));
+        let wait = config
+            .duration
+            .saturating_sub(started.elapsed())
+            .min(Duration::from_millis(100));
         for tgid in sampler.new_processes(wait) {
             processes.observe(tgid);
         }
@@ -85,7 +89,11 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
 
     let mut symbolizer = Symbolizer::new();
     let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer);
-    let meta = ProfileMeta { frequency_hz: config.frequency_hz, start: started_at, duration: sampled_for };
+    let meta = ProfileMeta {
+        frequency_hz: config.frequency_hz,
+        start: started_at,
+        duration: sampled_for,
+    };
     let bytes = match config.format {
         OutputFormat::Pprof => encode_gzip(&build_profile(&samples, &meta)).context("failed to encode the profile")?,
         OutputFormat::Folded => {
@@ -95,12 +103,16 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         }
         OutputFormat::FlameGraph => {
             let mut svg = Vec::new();
-            write_flamegraph(&samples, "taskprof CPU flame graph", &mut svg).context("failed to draw the flame graph")?;
+            write_flamegraph(&samples, "taskprof CPU flame graph", &mut svg)
+                .context("failed to draw the flame graph")?;
             svg
         }
     };
     let path = config.output.path().to_path_buf();
-    config.output.commit(&bytes).with_context(|| format!("failed to write `{}`", path.display()))?;
+    config
+        .output
+        .commit(&bytes)
+        .with_context(|| format!("failed to write `{}`", path.display()))?;
 
     let processes: std::collections::HashSet<u32> = samples.iter().map(|s| s.pid).collect();
     Ok(Summary {

@@ -61,9 +61,18 @@ pub struct Sample {
 
 /// Where a user address points before symbolization.
 enum UserTarget {
-    Object { mapping: Arc<MappingInfo>, key: crate::process::FileKey, offset: u64 },
-    Named { mapping: Option<Arc<MappingInfo>>, lines: Lines },
-    Jit { mapping: Arc<MappingInfo> },
+    Object {
+        mapping: Arc<MappingInfo>,
+        key: crate::process::FileKey,
+        offset: u64,
+    },
+    Named {
+        mapping: Option<Arc<MappingInfo>>,
+        lines: Lines,
+    },
+    Jit {
+        mapping: Arc<MappingInfo>,
+    },
 }
 
 /// Symbolizes raw samples. Processes never captured (announcement lost or
@@ -134,7 +143,12 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                             .kernel_lines(lookup_address(address, depth == 0))
                             .unwrap_or_else(|| synthetic_lines("[unknown]"));
                         let mapping = (address >= KERNEL_START).then(|| Arc::clone(&kernel_mapping));
-                        frames.push(Frame { address, mapping, lines, kernel: true });
+                        frames.push(Frame {
+                            address,
+                            mapping,
+                            lines,
+                            kernel: true,
+                        });
                     }
                 }
             }
@@ -152,15 +166,18 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                                     .unwrap_or_else(|| synthetic_lines(format!("{}+{:#x}", mapping.filename, offset))),
                                 kernel: false,
                             },
-                            UserTarget::Named { mapping, lines } => {
-                                Frame { address, mapping: mapping.clone(), lines: Arc::clone(lines), kernel: false }
-                            }
+                            UserTarget::Named { mapping, lines } => Frame {
+                                address,
+                                mapping: mapping.clone(),
+                                lines: Arc::clone(lines),
+                                kernel: false,
+                            },
                             UserTarget::Jit { mapping } => Frame {
                                 address,
                                 mapping: Some(Arc::clone(mapping)),
-                                lines: symbolizer
-                                    .perf_map_lines(sample.tgid, address)
-                                    .unwrap_or_else(|| synthetic_lines(format!("[anon]+{:#x}", address - mapping.start))),
+                                lines: symbolizer.perf_map_lines(sample.tgid, address).unwrap_or_else(|| {
+                                    synthetic_lines(format!("[anon]+{:#x}", address - mapping.start))
+                                }),
                                 kernel: false,
                             },
                         };
@@ -199,7 +216,12 @@ fn lookup_address(address: u64, leaf: bool) -> u64 {
 }
 
 fn lost_frame(name: &str, kernel: bool) -> Frame {
-    Frame { address: 0, mapping: None, lines: synthetic_lines(name), kernel }
+    Frame {
+        address: 0,
+        mapping: None,
+        lines: synthetic_lines(name),
+        kernel,
+    }
 }
 
 fn resolve_user(
@@ -210,7 +232,10 @@ fn resolve_user(
     leaf: bool,
 ) -> UserTarget {
     let Some(mapping) = processes.get(tgid).and_then(|p| p.mapping_for(address)) else {
-        return UserTarget::Named { mapping: None, lines: synthetic_lines("[unknown]") };
+        return UserTarget::Named {
+            mapping: None,
+            lines: synthetic_lines("[unknown]"),
+        };
     };
     let info = Arc::clone(mapping_cache.entry((tgid, mapping.start)).or_insert_with(|| {
         let build_id = match mapping.kind {
@@ -232,11 +257,18 @@ fn resolve_user(
     }));
     let offset = mapping.file_offset(lookup_address(address, leaf));
     match mapping.kind {
-        MappingKind::Object(key) => UserTarget::Object { mapping: info, key, offset },
+        MappingKind::Object(key) => UserTarget::Object {
+            mapping: info,
+            key,
+            offset,
+        },
         MappingKind::Anonymous => UserTarget::Jit { mapping: info },
         MappingKind::UnreadableFile | MappingKind::Vdso | MappingKind::Special => {
             let name = format!("{}+{:#x}", mapping.name, offset);
-            UserTarget::Named { mapping: Some(info), lines: synthetic_lines(name) }
+            UserTarget::Named {
+                mapping: Some(info),
+                lines: synthetic_lines(name),
+            }
         }
     }
 }

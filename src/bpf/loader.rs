@@ -154,7 +154,9 @@ fn check_capabilities() -> Result<(), SamplerError> {
         .filter(|(cap, _)| !has(*cap))
         .map(|(_, name)| name)
         .collect();
-    Err(SamplerError::MissingCapabilities { missing: missing.join(", ") })
+    Err(SamplerError::MissingCapabilities {
+        missing: missing.join(", "),
+    })
 }
 
 fn perf_event_hint(err: &std::io::Error) -> String {
@@ -211,7 +213,11 @@ impl Sampler {
         let load_error = |source: libbpf_rs::Error| {
             let log = LIBBPF_LOG.lock().map(|l| l.clone()).unwrap_or_default();
             let hint = load_hint(&source, &log, config.verifier_log);
-            let log = if config.verifier_log { format!("\nlibbpf and verifier log:\n{log}") } else { String::new() };
+            let log = if config.verifier_log {
+                format!("\nlibbpf and verifier log:\n{log}")
+            } else {
+                String::new()
+            };
             SamplerError::Load { source, hint, log }
         };
 
@@ -220,10 +226,19 @@ impl Sampler {
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = ProfilerSkelBuilder::default().open(storage).map_err(load_error)?;
         let map_error = |map: &'static str| move |source| SamplerError::Map { map, source };
-        open.maps.stacks.set_max_entries(config.stack_map_entries).map_err(map_error("stacks"))?;
-        open.maps.counts.set_max_entries(config.counts_map_entries).map_err(map_error("counts"))?;
+        open.maps
+            .stacks
+            .set_max_entries(config.stack_map_entries)
+            .map_err(map_error("stacks"))?;
+        open.maps
+            .counts
+            .set_max_entries(config.counts_map_entries)
+            .map_err(map_error("counts"))?;
         let filter_len = (config.tgids.len() as u32).max(1);
-        open.maps.tgid_filter.set_max_entries(filter_len).map_err(map_error("tgid_filter"))?;
+        open.maps
+            .tgid_filter
+            .set_max_entries(filter_len)
+            .map_err(map_error("tgid_filter"))?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.filter_tgids = !config.tgids.is_empty();
         }
@@ -246,8 +261,7 @@ impl Sampler {
                     // SAFETY: the ring holds `struct process_event` records
                     // (checked length above); it is plain integers, so any
                     // bit pattern is valid, and read_unaligned needs no alignment.
-                    let event: types::process_event =
-                        unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                    let event: types::process_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                     if let Ok(mut list) = sink.lock() {
                         list.push(event.tgid);
                     }
@@ -273,7 +287,13 @@ impl Sampler {
             links.push(link);
         }
 
-        Ok(Sampler { skel, links, ring, announced, config })
+        Ok(Sampler {
+            skel,
+            links,
+            ring,
+            announced,
+            config,
+        })
     }
 
     /// The configuration the sampler was started with.
@@ -286,7 +306,10 @@ impl Sampler {
     pub fn new_processes(&mut self, timeout: Duration) -> Vec<u32> {
         // A poll error is EINTR from a signal; the events stay queued.
         let _ = self.ring.poll(timeout);
-        self.announced.lock().map(|mut l| std::mem::take(&mut *l)).unwrap_or_default()
+        self.announced
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
     }
 
     /// Stops sampling: detaches the program, which closes the perf events.
@@ -334,8 +357,7 @@ impl Sampler {
             // checked above), made only of integers, so every bit pattern
             // is valid; read_unaligned imposes no alignment.
             let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
-            let comm_bytes: Vec<u8> =
-                key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+            let comm_bytes: Vec<u8> = key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
             samples.push(RawSample {
                 tgid: key.tgid,
                 tid: key.pid,

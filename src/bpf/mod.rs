@@ -46,10 +46,7 @@ impl SampleStats {
 
     /// Samples kept with one of their stacks missing.
     pub fn stacks_lost(&self) -> u64 {
-        self.user_stack_map_full
-            + self.user_stack_error
-            + self.kernel_stack_map_full
-            + self.kernel_stack_error
+        self.user_stack_map_full + self.user_stack_error + self.kernel_stack_map_full + self.kernel_stack_error
     }
 
     /// The difference between two readings, for per-window accounting.

@@ -54,27 +54,47 @@ impl Strings {
     }
 }
 
+/// A location's identity: mapping id, address and (function id, line) pairs.
+type LocationKey = (u64, u64, Vec<(u64, i64)>);
+
 /// Builds the profile. Ids are dense and start at 1; string 0 is "".
 pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
     let mut strings = Strings::new();
     let mut profile = proto::Profile {
         sample_type: vec![
-            proto::ValueType { r#type: strings.id("samples"), unit: strings.id("count") },
-            proto::ValueType { r#type: strings.id("cpu"), unit: strings.id("nanoseconds") },
+            proto::ValueType {
+                r#type: strings.id("samples"),
+                unit: strings.id("count"),
+            },
+            proto::ValueType {
+                r#type: strings.id("cpu"),
+                unit: strings.id("nanoseconds"),
+            },
         ],
-        period_type: Some(proto::ValueType { r#type: strings.id("cpu"), unit: strings.id("nanoseconds") }),
+        period_type: Some(proto::ValueType {
+            r#type: strings.id("cpu"),
+            unit: strings.id("nanoseconds"),
+        }),
         period: meta.period_nanos(),
-        time_nanos: meta.start.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0),
+        time_nanos: meta
+            .start
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
         duration_nanos: meta.duration.as_nanos() as i64,
         default_sample_type: 1,
         ..Default::default()
     };
-    let (pid, tid, thread_name, process_name) =
-        (strings.id("pid"), strings.id("tid"), strings.id("thread_name"), strings.id("process_name"));
+    let (pid, tid, thread_name, process_name) = (
+        strings.id("pid"),
+        strings.id("tid"),
+        strings.id("thread_name"),
+        strings.id("process_name"),
+    );
 
     let mut mapping_ids: HashMap<&MappingInfo, u64> = HashMap::new();
     let mut function_ids: HashMap<&FunctionInfo, u64> = HashMap::new();
-    let mut location_ids: HashMap<(u64, u64, Vec<(u64, i64)>), u64> = HashMap::new();
+    let mut location_ids: HashMap<LocationKey, u64> = HashMap::new();
 
     for sample in samples {
         let mut location_id = Vec::with_capacity(sample.frames.len());
@@ -132,7 +152,15 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
                         id,
                         mapping_id,
                         address: frame.address,
-                        line: key.2.iter().map(|&(function_id, line)| proto::Line { function_id, line, column: 0 }).collect(),
+                        line: key
+                            .2
+                            .iter()
+                            .map(|&(function_id, line)| proto::Line {
+                                function_id,
+                                line,
+                                column: 0,
+                            })
+                            .collect(),
                         is_folded: false,
                     });
                     location_ids.insert(key, id);
@@ -145,10 +173,26 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
             location_id,
             value: vec![sample.count as i64, sample.count as i64 * meta.period_nanos()],
             label: vec![
-                proto::Label { key: pid, num: sample.pid as i64, ..Default::default() },
-                proto::Label { key: tid, num: sample.tid as i64, ..Default::default() },
-                proto::Label { key: thread_name, str: strings.id(&sample.thread_name), ..Default::default() },
-                proto::Label { key: process_name, str: strings.id(&sample.process_name), ..Default::default() },
+                proto::Label {
+                    key: pid,
+                    num: sample.pid as i64,
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: tid,
+                    num: sample.tid as i64,
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: thread_name,
+                    str: strings.id(&sample.thread_name),
+                    ..Default::default()
+                },
+                proto::Label {
+                    key: process_name,
+                    str: strings.id(&sample.process_name),
+                    ..Default::default()
+                },
             ],
         });
     }

@@ -24,12 +24,18 @@ pub fn folded_lines(samples: &[Sample]) -> Vec<String> {
         }
         *stacks.entry(stack).or_default() += sample.count;
     }
-    stacks.into_iter().map(|(stack, count)| format!("{stack} {count}")).collect()
+    stacks
+        .into_iter()
+        .map(|(stack, count)| format!("{stack} {count}"))
+        .collect()
 }
 
 /// Frame names may not contain the separators of the format.
 fn clean(name: &str) -> String {
-    let cleaned: String = name.chars().map(|c| if c == ';' || c == '\n' || c == '\r' { ':' } else { c }).collect();
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c == ';' || c == '\n' || c == '\r' { ':' } else { c })
+        .collect();
     if cleaned.is_empty() {
         "[unknown]".to_string()
     } else {

@@ -38,7 +38,7 @@ pub struct MapsEntry {
 
 /// Parses one maps line, or `None` when it is malformed.
 pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
-    let mut fields = line.splitn(6, |c: char| c == ' ');
+    let mut fields = line.splitn(6, ' ');
     let range = fields.next()?;
     let perms = fields.next()?;
     let offset = fields.next()?;
@@ -106,7 +106,10 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         let entries = parse_maps(MAPS);
         assert_eq!(entries.len(), 9);
         let text = &entries[1];
-        assert_eq!((text.start, text.end, text.offset), (0x55d0c7a02000, 0x55d0c7a07000, 0x2000));
+        assert_eq!(
+            (text.start, text.end, text.offset),
+            (0x55d0c7a02000, 0x55d0c7a07000, 0x2000)
+        );
         assert!(text.executable && text.readable);
         assert_eq!(text.dev, (0xfd << 32) | 1);
         assert_eq!(text.inode, 1835016);

@@ -160,7 +160,11 @@ impl ProcessTable {
         };
         let mut added = false;
         for mapping in fresh.mappings {
-            if !known.mappings.iter().any(|m| m.start == mapping.start && m.end == mapping.end) {
+            if !known
+                .mappings
+                .iter()
+                .any(|m| m.start == mapping.start && m.end == mapping.end)
+            {
                 known.mappings.push(mapping);
                 added = true;
             }
@@ -223,7 +227,13 @@ impl ProcessTable {
             .and_then(|stat| parse_start_time(&stat))
             .unwrap_or(0);
         let Ok(text) = std::fs::read_to_string(dir.join("maps")) else {
-            return ProcessInfo { tgid, name, start_time, mappings: Vec::new(), captured: false };
+            return ProcessInfo {
+                tgid,
+                name,
+                start_time,
+                mappings: Vec::new(),
+                captured: false,
+            };
         };
         let mut mappings: Vec<Mapping> = maps::parse_maps(&text)
             .into_iter()
@@ -231,13 +241,22 @@ impl ProcessTable {
             .map(|entry| self.track_mapping(tgid, &entry))
             .collect();
         mappings.sort_by_key(|m| m.start);
-        ProcessInfo { tgid, name, start_time, mappings, captured: true }
+        ProcessInfo {
+            tgid,
+            name,
+            start_time,
+            mappings,
+            captured: true,
+        }
     }
 
     fn track_mapping(&mut self, tgid: u32, entry: &MapsEntry) -> Mapping {
         let (name, kind) = match &entry.backing {
             Backing::File(path) | Backing::DeletedFile(path) => {
-                let key = FileKey { dev: entry.dev, inode: entry.inode };
+                let key = FileKey {
+                    dev: entry.dev,
+                    inode: entry.inode,
+                };
                 let kind = if self.objects.contains_key(&key) {
                     MappingKind::Object(key)
                 } else if self.unopenable.contains_key(&key) {
@@ -260,7 +279,13 @@ impl ProcessTable {
             Backing::Special(name) => (name.clone(), MappingKind::Special),
             Backing::Anonymous => ("[anon]".to_string(), MappingKind::Anonymous),
         };
-        Mapping { start: entry.start, end: entry.end, offset: entry.offset, name, kind }
+        Mapping {
+            start: entry.start,
+            end: entry.end,
+            offset: entry.offset,
+            name,
+            kind,
+        }
     }
 
     /// Opens the file behind a mapping: through map_files first (works for
@@ -270,10 +295,19 @@ impl ProcessTable {
         let dir = self.proc_root.join(tgid.to_string());
         let by_range = dir.join(format!("map_files/{:x}-{:x}", entry.start, entry.end));
         let relative = path.strip_prefix("/").unwrap_or(path);
-        let file = File::open(&by_range).or_else(|_| File::open(dir.join("root").join(relative))).ok()?;
+        let file = File::open(&by_range)
+            .or_else(|_| File::open(dir.join("root").join(relative)))
+            .ok()?;
         let handle = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        let build_id = blazesym::helper::read_elf_build_id(&handle).ok().flatten().map(|id| id.to_vec());
-        Some(ObjectFile { file, original_path: path.to_path_buf(), build_id })
+        let build_id = blazesym::helper::read_elf_build_id(&handle)
+            .ok()
+            .flatten()
+            .map(|id| id.to_vec());
+        Some(ObjectFile {
+            file,
+            original_path: path.to_path_buf(),
+            build_id,
+        })
     }
 }
 
@@ -288,7 +322,10 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
 /// Every distinct mapped file costs one descriptor; lift the soft limit to
 /// the hard one so a busy host does not run out.
 fn raise_fd_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit write/read a valid, initialised rlimit.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
@@ -319,7 +356,9 @@ mod tests {
         assert!(info.start_time > 0);
         let here = own_address();
         let mapping = info.mapping_for(here).expect("own code is mapped");
-        let MappingKind::Object(key) = mapping.kind else { panic!("own binary not opened: {mapping:?}") };
+        let MappingKind::Object(key) = mapping.kind else {
+            panic!("own binary not opened: {mapping:?}")
+        };
         let object = table.object(key).expect("object held");
         assert!(std::fs::metadata(object.handle_path()).is_ok());
         assert!(object.build_id.is_some(), "rustc emits a build id");
@@ -336,6 +375,6 @@ mod tests {
 
     #[inline(never)]
     fn own_address() -> u64 {
-        own_address as usize as u64
+        own_address as fn() -> u64 as usize as u64
     }
 }

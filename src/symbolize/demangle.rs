@@ -22,7 +22,10 @@ mod tests {
 
     #[test]
     fn rust_cpp_and_plain_names() {
-        assert_eq!(demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"), "core::ptr::drop_in_place");
+        assert_eq!(
+            demangle("_ZN4core3ptr13drop_in_place17h0123456789abcdefE"),
+            "core::ptr::drop_in_place"
+        );
         assert_eq!(demangle("_ZN3foo3barEv"), "foo::bar()");
         assert_eq!(demangle("hot"), "hot");
         assert_eq!(demangle("_Zgarbage"), "_Zgarbage");

@@ -50,8 +50,16 @@ pub type Lines = Arc<[LineInfo]>;
 /// A location with one synthetic function, for addresses that cannot be named.
 pub fn synthetic_lines(name: impl Into<String>) -> Lines {
     let name = name.into();
-    let function = FunctionInfo { name: name.clone(), system_name: name, file: String::new(), start_line: 0 };
-    Arc::from(vec![LineInfo { function: Arc::new(function), line: 0 }])
+    let function = FunctionInfo {
+        name: name.clone(),
+        system_name: name,
+        file: String::new(),
+        start_line: 0,
+    };
+    Arc::from(vec![LineInfo {
+        function: Arc::new(function),
+        line: 0,
+    }])
 }
 
 /// Symbolizer with caches for user files and the kernel.
@@ -101,7 +109,11 @@ impl Symbolizer {
 
     /// Symbolizes file offsets of one object not already cached.
     pub fn symbolize_object(&mut self, key: FileKey, object: &ObjectFile, offsets: &[u64]) {
-        let mut todo: Vec<u64> = offsets.iter().copied().filter(|o| !self.user.contains_key(&(key, *o))).collect();
+        let mut todo: Vec<u64> = offsets
+            .iter()
+            .copied()
+            .filter(|o| !self.user.contains_key(&(key, *o)))
+            .collect();
         todo.sort_unstable();
         todo.dedup();
         if todo.is_empty() {
@@ -156,12 +168,22 @@ impl Symbolizer {
                     // code info, then inlined callees outer to inner.
                     let mut frames = Vec::with_capacity(1 + sym.inlined.len());
                     frames.push(LineInfo {
-                        function: intern(&mut self.functions, &sym.name, code_file(sym.code_info.as_deref()), start_line),
+                        function: intern(
+                            &mut self.functions,
+                            &sym.name,
+                            code_file(sym.code_info.as_deref()),
+                            start_line,
+                        ),
                         line: sym.code_info.as_ref().and_then(|c| c.line).unwrap_or(0),
                     });
                     for inlined in sym.inlined.iter() {
                         frames.push(LineInfo {
-                            function: intern(&mut self.functions, &inlined.name, code_file(inlined.code_info.as_ref()), 0),
+                            function: intern(
+                                &mut self.functions,
+                                &inlined.name,
+                                code_file(inlined.code_info.as_ref()),
+                                0,
+                            ),
                             line: inlined.code_info.as_ref().and_then(|c| c.line).unwrap_or(0),
                         });
                     }
@@ -186,7 +208,11 @@ impl Symbolizer {
 
     /// Symbolizes kernel addresses not already cached.
     pub fn symbolize_kernel(&mut self, addresses: &[u64]) {
-        let mut todo: Vec<u64> = addresses.iter().copied().filter(|a| !self.kernel.contains_key(a)).collect();
+        let mut todo: Vec<u64> = addresses
+            .iter()
+            .copied()
+            .filter(|a| !self.kernel.contains_key(a))
+            .collect();
         todo.sort_unstable();
         todo.dedup();
         if todo.is_empty() {
@@ -197,7 +223,10 @@ impl Symbolizer {
             debug_syms: false,
             ..Kernel::default()
         };
-        let results = self.blaze.symbolize(&Source::Kernel(kernel), Input::AbsAddr(&todo)).unwrap_or_default();
+        let results = self
+            .blaze
+            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&todo))
+            .unwrap_or_default();
         for (index, addr) in todo.iter().enumerate() {
             let lines = match results.get(index) {
                 Some(Symbolized::Sym(sym)) => {
@@ -220,16 +249,32 @@ impl Symbolizer {
 
     /// Names JIT code through the process's perf map, if it has one.
     pub fn perf_map_lines(&mut self, tgid: u32, address: u64) -> Option<Lines> {
-        let map = self.perf_maps.entry(tgid).or_insert_with(|| PerfMap::load_for(tgid)).as_ref()?;
+        let map = self
+            .perf_maps
+            .entry(tgid)
+            .or_insert_with(|| PerfMap::load_for(tgid))
+            .as_ref()?;
         let name = map.lookup(address)?.to_string();
-        Some(Arc::from(vec![LineInfo { function: intern(&mut self.functions, &name, String::new(), 0), line: 0 }]))
+        Some(Arc::from(vec![LineInfo {
+            function: intern(&mut self.functions, &name, String::new(), 0),
+            line: 0,
+        }]))
     }
-
 }
 
 /// One shared `FunctionInfo` per distinct function.
-fn intern(functions: &mut HashMap<FunctionInfo, Arc<FunctionInfo>>, raw: &str, file: String, start_line: u32) -> Arc<FunctionInfo> {
-    let info = FunctionInfo { name: demangle(raw), system_name: raw.to_string(), file, start_line };
+fn intern(
+    functions: &mut HashMap<FunctionInfo, Arc<FunctionInfo>>,
+    raw: &str,
+    file: String,
+    start_line: u32,
+) -> Arc<FunctionInfo> {
+    let info = FunctionInfo {
+        name: demangle(raw),
+        system_name: raw.to_string(),
+        file,
+        start_line,
+    };
     if let Some(found) = functions.get(&info) {
         return Arc::clone(found);
     }

@@ -33,8 +33,14 @@ impl PerfMap {
     /// live in another mount namespace), else from the host's /tmp.
     pub fn load_for(tgid: u32) -> Option<PerfMap> {
         let name = format!("perf-{tgid}.map");
-        let candidates: [PathBuf; 2] = [Path::new("/proc").join(tgid.to_string()).join("root/tmp").join(&name), Path::new("/tmp").join(&name)];
-        candidates.iter().find_map(|path| std::fs::read_to_string(path).ok()).map(|text| PerfMap::parse(&text))
+        let candidates: [PathBuf; 2] = [
+            Path::new("/proc").join(tgid.to_string()).join("root/tmp").join(&name),
+            Path::new("/tmp").join(&name),
+        ];
+        candidates
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .map(|text| PerfMap::parse(&text))
     }
 
     /// The function containing `address`.

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the system packages taskprof needs, skipping those already
+# present, so it is safe to run again. Debian 12 / Ubuntu, as root (or with
+# sudo available).
+#   scripts/install-deps.sh          build dependencies
+#   scripts/install-deps.sh --test   build and test dependencies (go tool pprof)
+set -euo pipefail
+
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
+if [[ "${1:-}" == "--test" ]]; then
+    packages+=(golang-go)
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || { echo "install-deps: run as root to install: ${missing[*]}" >&2; exit 1; }
+        sudo="sudo"
+    fi
+    echo "install-deps: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+    if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+        echo "install-deps: cargo is in ~/.cargo/bin; add it to PATH: export PATH=\$HOME/.cargo/bin:\$PATH" >&2
+    else
+        echo "install-deps: no Rust toolchain; install one with rustup (https://rustup.rs), Rust 1.88 or newer" >&2
+    fi
+    exit 1
+fi
