@@ -1,12 +1,12 @@
 //! The shape of the pprof file itself: sample types, per-sample labels,
-//! timing, and ids that all resolve.
+//! timing, and the structural invariants readers rely on.
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{record_pprof, Fixture, FixtureProgram, ProfileView};
+use taskprof::pprof::check_profile;
 
 #[test]
 fn sample_types_are_sample_count_then_cpu_nanoseconds() {
@@ -62,9 +62,8 @@ fn profile_records_when_and_how_long_it_sampled() {
         (nanos(before)..=nanos(after)).contains(&started),
         "time_nanos {started} is not between the run's start and end"
     );
-    let duration = Duration::from_nanos(
-        u64::try_from(recorded.profile.duration_nanos).expect("duration_nanos is not negative"),
-    );
+    let duration =
+        Duration::from_nanos(u64::try_from(recorded.profile.duration_nanos).expect("duration_nanos is not negative"));
     assert!(
         (Duration::from_millis(1500)..Duration::from_secs(10)).contains(&duration),
         "a 2s profile claims to last {duration:?}"
@@ -72,55 +71,23 @@ fn profile_records_when_and_how_long_it_sampled() {
 }
 
 #[test]
-fn ids_are_unique_and_every_reference_resolves() {
+fn real_profile_keeps_the_pprof_invariants() {
     let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
     let recorded = record_pprof(&[fixture.pid()], "2s");
     let profile = &recorded.profile;
 
-    assert_eq!(
-        profile.string_table.first().map(String::as_str),
-        Some(""),
-        "string_table[0] must be the empty string"
+    let problems = check_profile(profile);
+    assert!(
+        problems.is_empty(),
+        "profile breaks pprof invariants:\n{}",
+        problems.join("\n")
     );
-    let unique = |ids: Vec<u64>, what: &str| -> HashSet<u64> {
-        let set: HashSet<u64> = ids.iter().copied().collect();
-        assert_eq!(set.len(), ids.len(), "duplicate {what} ids");
-        assert!(!set.contains(&0), "{what} id 0 is reserved");
-        set
-    };
-    let mappings = unique(profile.mapping.iter().map(|m| m.id).collect(), "mapping");
-    let locations = unique(profile.location.iter().map(|l| l.id).collect(), "location");
-    let functions = unique(profile.function.iter().map(|f| f.id).collect(), "function");
 
-    for sample in &profile.sample {
-        assert!(!sample.location_id.is_empty(), "sample without a stack");
-        for id in &sample.location_id {
-            assert!(locations.contains(id), "sample refers to missing location {id}");
-        }
-    }
-    for location in &profile.location {
-        assert!(
-            location.mapping_id == 0 || mappings.contains(&location.mapping_id),
-            "location {} refers to missing mapping {}",
-            location.id,
-            location.mapping_id
-        );
-        for line in &location.line {
-            assert!(
-                functions.contains(&line.function_id),
-                "location {} refers to missing function {}",
-                location.id,
-                line.function_id
-            );
-        }
-    }
-
-    // ProfileView panics on any string index outside the table.
     let view = ProfileView::new(profile);
     for sample in &profile.sample {
+        assert!(!sample.location_id.is_empty(), "sample without a stack");
         let frames = view.frames(sample);
-        let hot = frames.iter().find(|f| f.function == "hot");
-        if let Some(hot) = hot {
+        if let Some(hot) = frames.iter().find(|f| f.function == "hot") {
             assert!(
                 hot.mapping.ends_with(fixture.comm()),
                 "`hot` is mapped from `{}`, not the fixture executable",

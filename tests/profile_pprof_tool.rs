@@ -15,8 +15,7 @@ fn go_tool_pprof(report: &str, profile: &Path) -> Output {
     let home = scratch_dir();
     let dir = |name: &str| {
         let path = home.path().join(name);
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|err| panic!("failed to create `{}`: {err}", path.display()));
+        std::fs::create_dir_all(&path).unwrap_or_else(|err| panic!("failed to create `{}`: {err}", path.display()));
         path
     };
     let output = Command::new(go())
@@ -52,9 +51,7 @@ fn go_tool_pprof(report: &str, profile: &Path) -> Output {
 /// Whether some report line ends with the function `name`, which is how
 /// both `-top` and `-traces` print a frame.
 fn names_function(report: &str, name: &str) -> bool {
-    report
-        .lines()
-        .any(|line| line.split_whitespace().last() == Some(name))
+    report.lines().any(|line| line.split_whitespace().last() == Some(name))
 }
 
 #[test]

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{
-    describe_stacks, path_arg, record_pprof, scratch_dir, spawn_taskprof, total_count, Fixture,
-    FixtureProgram, ProfileView, Stack, RUN_TIMEOUT,
+    describe_stacks, path_arg, record_pprof, scratch_dir, spawn_taskprof, total_count, Fixture, FixtureProgram,
+    ProfileView, Stack, RUN_TIMEOUT,
 };
 
 /// Share of `stacks`' samples for which `predicate` holds.
@@ -49,10 +49,7 @@ fn process_that_exits_mid_profile_is_still_symbolized() {
     let dir = scratch_dir();
     let output = dir.path().join("host.pb.gz");
     // No --pid: a short-lived process is only ever seen by a host profile.
-    let mut taskprof = spawn_taskprof(
-        ["profile", "--duration", "4s", "-o", path_arg(&output)],
-        dir.path(),
-    );
+    let mut taskprof = spawn_taskprof(["profile", "--duration", "4s", "-o", path_arg(&output)], dir.path());
     taskprof.wait_until_sampling(Duration::from_secs(30));
     let mut fixture = Fixture::spawn(FixtureProgram::ExitsEarly, 1.0);
     fixture.wait_for_exit(Duration::from_secs(20));
@@ -92,9 +89,7 @@ fn process_that_exits_mid_profile_is_still_symbolized() {
 /// `[unknown]` and not a raw address.
 fn looks_like_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    let starts_well = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let starts_well = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     starts_well
         && !name.starts_with("0x")
         && name
@@ -159,12 +154,7 @@ fn pid_filter_keeps_only_that_process() {
         "no samples for pid {}",
         target.pid()
     );
-    let pids: BTreeSet<i64> = recorded
-        .profile
-        .sample
-        .iter()
-        .map(|s| view.pid(s))
-        .collect();
+    let pids: BTreeSet<i64> = recorded.profile.sample.iter().map(|s| view.pid(s)).collect();
     assert_eq!(
         pids,
         BTreeSet::from([i64::from(target.pid())]),
@@ -182,12 +172,7 @@ fn repeated_pid_flags_keep_each_of_those_processes() {
     let recorded = record_pprof(&[first.pid(), second.pid()], "3s");
     let view = ProfileView::new(&recorded.profile);
 
-    let pids: BTreeSet<i64> = recorded
-        .profile
-        .sample
-        .iter()
-        .map(|s| view.pid(s))
-        .collect();
+    let pids: BTreeSet<i64> = recorded.profile.sample.iter().map(|s| view.pid(s)).collect();
     assert_eq!(
         pids,
         BTreeSet::from([i64::from(first.pid()), i64::from(second.pid())]),

@@ -338,6 +338,21 @@ impl Sampler {
         Ok(SampleStats::from_counters(&counters))
     }
 
+    /// The kernel's run statistics for the BPF program: total run time in
+    /// nanoseconds and run count. They stay zero unless the sysctl
+    /// `kernel.bpf_stats_enabled` is 1.
+    pub fn program_run_stats(&self) -> Option<(u64, u64)> {
+        use std::os::fd::AsFd;
+        let fd = self.skel.progs.sample.as_fd().as_raw_fd();
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some((field("run_time_ns:")?, field("run_cnt:")?))
+    }
+
     /// Reads every aggregated sample with its stacks.
     pub fn read_samples(&self) -> Result<Vec<RawSample>, SamplerError> {
         let counts = &self.skel.maps.counts;

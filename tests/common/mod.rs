@@ -86,21 +86,22 @@ impl FixtureProgram {
 
     fn build(self) -> PathBuf {
         let source = self.source();
-        let code = std::fs::read(&source)
-            .unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
+        let code =
+            std::fs::read(&source).unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
         let mut hasher = DefaultHasher::new();
         code.hash(&mut hasher);
         FIXTURE_CFLAGS.hash(&mut hasher);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("fixtures")
-            .join(format!("{}-{:016x}", self.name(), hasher.finish()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures").join(format!(
+            "{}-{:016x}",
+            self.name(),
+            hasher.finish()
+        ));
         let output = dir.join(self.name());
         if output.is_file() {
             return output;
         }
 
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
         let partial = dir.join(format!(".{}.{}.partial", self.name(), std::process::id()));
         let result = Command::new(clang())
             .args(FIXTURE_CFLAGS)
@@ -350,11 +351,8 @@ impl RunningTaskprof {
             .wait()
             .unwrap_or_else(|err| panic!("failed to wait for taskprof: {err}"));
         let elapsed = self.started.elapsed();
-        let join = |handle: Option<JoinHandle<String>>| {
-            handle
-                .map(|h| h.join().unwrap_or_default())
-                .unwrap_or_default()
-        };
+        let join =
+            |handle: Option<JoinHandle<String>>| handle.map(|h| h.join().unwrap_or_default()).unwrap_or_default();
         TaskprofRun {
             status,
             stdout: join(self.stdout.take()),
@@ -439,8 +437,7 @@ pub fn record_pprof(pids: &[u32], duration: &str) -> RecordedProfile {
 
 /// Reads a pprof file, gzipped or not, and decodes it.
 pub fn read_pprof(path: &Path) -> Profile {
-    let bytes = std::fs::read(path)
-        .unwrap_or_else(|err| panic!("failed to read profile `{}`: {err}", path.display()));
+    let bytes = std::fs::read(path).unwrap_or_else(|err| panic!("failed to read profile `{}`: {err}", path.display()));
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
         let mut raw = Vec::new();
         flate2::read::GzDecoder::new(bytes.as_slice())
@@ -532,11 +529,7 @@ impl<'a> ProfileView<'a> {
 
     /// The numeric label `key` of `sample`, if present.
     pub fn label_num(&self, sample: &Sample, key: &str) -> Option<i64> {
-        sample
-            .label
-            .iter()
-            .find(|l| self.string(l.key) == key)
-            .map(|l| l.num)
+        sample.label.iter().find(|l| self.string(l.key) == key).map(|l| l.num)
     }
 
     /// The string label `key` of `sample`, if present.
@@ -616,8 +609,7 @@ impl<'a> ProfileView<'a> {
     /// Every stack sampled in a process or thread named `comm`.
     pub fn stacks_for_comm(&self, comm: &str) -> Vec<Stack> {
         self.stacks_where(|s| {
-            self.label_str(s, "process_name") == Some(comm)
-                || self.label_str(s, "thread_name") == Some(comm)
+            self.label_str(s, "process_name") == Some(comm) || self.label_str(s, "thread_name") == Some(comm)
         })
     }
 }

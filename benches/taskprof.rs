@@ -1,0 +1,289 @@
+//! taskprof's benchmark. Run as root: `cargo bench --bench taskprof`.
+//!
+//! It reports:
+//! 1. BPF cost per sample, from the kernel's own accounting
+//!    (`kernel.bpf_stats_enabled`, run_time_ns / run_cnt);
+//! 2. end of sampling to file written (symbolize, build, encode, write)
+//!    for a synthetic host of 200 processes and 5,000 distinct stacks, cold
+//!    and warm symbol caches, and the map read of a real run;
+//! 3. peak RSS of a real `taskprof profile` run and of this benchmark;
+//! 4. time from start to the first sample (load, attach, first event).
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use taskprof::bpf::{RawSample, Sampler, SamplerConfig, Stack};
+use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta};
+use taskprof::process::ProcessTable;
+use taskprof::profile::symbolize_samples;
+use taskprof::symbolize::Symbolizer;
+
+const PROCESSES: usize = 200;
+const STACKS: usize = 5_000;
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the benchmark loads BPF programs: run it as root (sudo cargo bench --bench taskprof)");
+        std::process::exit(1);
+    }
+    println!("| measure | result |");
+    println!("|---|---|");
+    bpf_cost_per_sample();
+    start_to_first_sample();
+    processing_synthetic_host();
+    cli_peak_rss();
+    println!(
+        "| benchmark process peak RSS | {:.1} MiB |",
+        max_rss_kib(libc::RUSAGE_SELF) as f64 / 1024.0
+    );
+}
+
+/// Keeps `n` threads spinning until dropped, so cpu-clock has work to sample.
+struct Spinners(Arc<AtomicBool>, Vec<std::thread::JoinHandle<()>>);
+
+impl Spinners {
+    fn start(n: usize) -> Spinners {
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..n)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                    }
+                })
+            })
+            .collect();
+        Spinners(stop, handles)
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        for handle in self.1.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn bpf_cost_per_sample() {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(sysctl).unwrap_or_else(|_| "0".into());
+    std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
+    let _spin = Spinners::start(2);
+    for frequency in [99, 999] {
+        let mut sampler = Sampler::start(SamplerConfig::sized_for(frequency, 10, 2)).expect("start sampler");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            sampler.new_processes(Duration::from_millis(100));
+        }
+        sampler.stop();
+        let (run_ns, runs) = sampler.program_run_stats().expect("program run stats");
+        let read_started = Instant::now();
+        let raw = sampler.read_samples().expect("read samples");
+        let read = read_started.elapsed();
+        println!(
+            "| BPF cost per sample at {frequency} Hz (10 s, 2 busy CPUs) | {:.0} ns ({runs} runs) |",
+            run_ns as f64 / runs.max(1) as f64
+        );
+        println!(
+            "| map read at end of that run ({} buckets) | {:.2} ms |",
+            raw.len(),
+            read.as_secs_f64() * 1e3
+        );
+    }
+    std::fs::write(sysctl, before.trim()).expect("restore kernel.bpf_stats_enabled");
+}
+
+fn start_to_first_sample() {
+    let _spin = Spinners::start(1);
+    let mut loads = Vec::new();
+    let mut firsts = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        let sampler = Sampler::start(SamplerConfig::sized_for(99, 30, 2)).expect("start sampler");
+        loads.push(started.elapsed());
+        while sampler.stats().expect("stats").samples == 0 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        firsts.push(started.elapsed());
+    }
+    loads.sort();
+    firsts.sort();
+    println!(
+        "| load + attach (median of 7) | {:.1} ms |",
+        loads[3].as_secs_f64() * 1e3
+    );
+    println!(
+        "| start to first sample at 99 Hz (median of 7) | {:.1} ms |",
+        firsts[3].as_secs_f64() * 1e3
+    );
+}
+
+/// Child processes killed on drop.
+struct Host(Vec<Child>);
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_host() -> Host {
+    let programs: [(&str, &[&str]); 4] = [
+        ("sleep", &["300"]),
+        ("cat", &[]),
+        ("tail", &["-f", "/dev/null"]),
+        ("bash", &[]),
+    ];
+    let children = (0..PROCESSES)
+        .map(|i| {
+            let (program, args) = programs[i % programs.len()];
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+        })
+        .collect();
+    Host(children)
+}
+
+/// A small deterministic generator (xorshift), so every run draws the same stacks.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn kernel_text_addresses() -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/kallsyms").expect("read /proc/kallsyms");
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            matches!(parts.next()?, "t" | "T").then_some(addr)
+        })
+        .filter(|&a| a != 0)
+        .collect()
+}
+
+fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample> {
+    let mut rng = Rng(0x5eed);
+    let kernel = kernel_text_addresses();
+    assert!(!kernel.is_empty(), "no kernel text symbols visible in /proc/kallsyms");
+    let pids: Vec<u32> = host.0.iter().map(|c| c.id()).collect();
+    for &pid in &pids {
+        processes.observe(pid);
+    }
+    (0..STACKS)
+        .map(|i| {
+            let pid = pids[i % pids.len()];
+            let mappings = &processes.get(pid).expect("captured").mappings;
+            let depth = 8 + (rng.next() % 17) as usize;
+            let user: Vec<u64> = (0..depth)
+                .map(|_| {
+                    let m = &mappings[(rng.next() as usize) % mappings.len()];
+                    m.start + rng.next() % (m.end - m.start)
+                })
+                .collect();
+            let kernel = if i % 3 == 0 {
+                Stack::Frames(
+                    (0..6)
+                        .map(|_| kernel[(rng.next() as usize) % kernel.len()] + 4)
+                        .collect(),
+                )
+            } else {
+                Stack::Empty
+            };
+            RawSample {
+                tgid: pid,
+                tid: pid,
+                comm: "synthetic".into(),
+                user: Stack::Frames(user),
+                kernel,
+                count: 1 + rng.next() % 20,
+            }
+        })
+        .collect()
+}
+
+fn process_once(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mut Symbolizer) -> (Duration, usize) {
+    let out = std::env::temp_dir().join("taskprof-bench.pb.gz");
+    let started = Instant::now();
+    let samples = symbolize_samples(raw, processes, symbolizer);
+    let meta = ProfileMeta {
+        frequency_hz: 99,
+        start: SystemTime::now(),
+        duration: Duration::from_secs(30),
+    };
+    let bytes = encode_gzip(&build_profile(&samples, &meta)).expect("encode");
+    let mut file = std::fs::File::create(&out).expect("create output");
+    file.write_all(&bytes).expect("write output");
+    file.sync_all().expect("sync output");
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_file(out);
+    (elapsed, bytes.len())
+}
+
+fn processing_synthetic_host() {
+    let host = spawn_host();
+    std::thread::sleep(Duration::from_millis(300)); // let them reach their main loops
+    let mut processes = ProcessTable::new();
+    let raw = synthetic_samples(&host, &mut processes);
+    let mut symbolizer = Symbolizer::new();
+    let (cold, size) = process_once(&raw, &mut processes, &mut symbolizer);
+    let (warm, _) = process_once(&raw, &mut processes, &mut symbolizer);
+    println!(
+        "| end of sampling to file, {PROCESSES} processes / {STACKS} stacks, cold cache | {:.0} ms ({} KiB file) |",
+        cold.as_secs_f64() * 1e3,
+        size / 1024
+    );
+    println!(
+        "| end of sampling to file, {PROCESSES} processes / {STACKS} stacks, warm cache | {:.0} ms |",
+        warm.as_secs_f64() * 1e3
+    );
+    drop(host);
+}
+
+fn max_rss_kib(who: libc::c_int) -> i64 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage.ru_maxrss
+    }
+}
+
+fn cli_peak_rss() {
+    let _spin = Spinners::start(2);
+    let out = std::env::temp_dir().join("taskprof-bench-cli.pb.gz");
+    let status = Command::new(env!("CARGO_BIN_EXE_taskprof"))
+        .args(["profile", "--duration", "10s", "--output"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .expect("run taskprof profile");
+    assert!(status.success(), "taskprof profile failed: {status}");
+    let _ = std::fs::remove_file(out);
+    println!(
+        "| `taskprof profile --duration 10s` whole host, peak RSS | {:.1} MiB |",
+        max_rss_kib(libc::RUSAGE_CHILDREN) as f64 / 1024.0
+    );
+}
