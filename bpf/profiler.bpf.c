@@ -167,6 +167,10 @@ static __always_inline void announce_process(__u32 tgid)
 
 	if (tgid == 0)
 		return;
+	/* A lookup first: an LRU update takes a free node (and may shrink
+	 * the LRU) even when the key exists, which is costly per sample. */
+	if (bpf_map_lookup_elem(&known_tgids, &tgid))
+		return;
 	if (bpf_map_update_elem(&known_tgids, &tgid, &one, BPF_NOEXIST) != 0)
 		return; /* already announced (or the map is busy: try later) */
 

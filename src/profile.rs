@@ -2,7 +2,7 @@
 //! is written from. [`symbolize_samples`] joins what the sampler counted
 //! with what the process tracker captured and the symbolizer names.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::bpf::{RawSample, Stack};
@@ -84,7 +84,7 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
     }
     // Addresses outside every known mapping: the process may have mapped
     // more since it was captured (dlopen, exec).
-    let mut refreshed = std::collections::HashSet::new();
+    let mut refreshed = rustc_hash::FxHashSet::default();
     for sample in raw {
         let missing = processes
             .get(sample.tgid)
@@ -94,9 +94,9 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
         }
     }
 
-    let mut mapping_cache: HashMap<(u32, u64), Arc<MappingInfo>> = HashMap::new();
-    let mut targets: HashMap<(u32, u64, bool), UserTarget> = HashMap::new();
-    let mut per_object: HashMap<crate::process::FileKey, Vec<u64>> = HashMap::new();
+    let mut mapping_cache: HashMap<(u32, u64), Arc<MappingInfo>> = HashMap::default();
+    let mut targets: HashMap<(u32, u64, bool), UserTarget> = HashMap::default();
+    let mut per_object: HashMap<crate::process::FileKey, Vec<u64>> = HashMap::default();
     let mut kernel_addresses = Vec::new();
 
     for sample in raw {

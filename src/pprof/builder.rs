@@ -1,6 +1,6 @@
 //! Builds a `perftools.profiles.Profile` from symbolized samples.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,9 +92,9 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
         strings.id("process_name"),
     );
 
-    let mut mapping_ids: HashMap<&MappingInfo, u64> = HashMap::new();
-    let mut function_ids: HashMap<&FunctionInfo, u64> = HashMap::new();
-    let mut location_ids: HashMap<LocationKey, u64> = HashMap::new();
+    let mut mapping_ids: HashMap<&MappingInfo, u64> = HashMap::default();
+    let mut function_ids: HashMap<&FunctionInfo, u64> = HashMap::default();
+    let mut location_ids: HashMap<LocationKey, u64> = HashMap::default();
 
     for sample in samples {
         let mut location_id = Vec::with_capacity(sample.frames.len());
@@ -202,7 +202,7 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
 
 /// Serializes and gzips a profile.
 pub fn encode_gzip(profile: &proto::Profile) -> std::io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(&profile.encode_to_vec())?;
     encoder.finish()
 }

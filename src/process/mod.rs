@@ -9,7 +9,7 @@
 
 pub mod maps;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -131,9 +131,9 @@ impl ProcessTable {
         raise_fd_limit();
         ProcessTable {
             proc_root: root.into(),
-            processes: HashMap::new(),
-            objects: HashMap::new(),
-            unopenable: HashMap::new(),
+            processes: HashMap::default(),
+            objects: HashMap::default(),
+            unopenable: HashMap::default(),
         }
     }
 
@@ -206,7 +206,7 @@ impl ProcessTable {
 
     /// Closes files no remembered process maps any more.
     pub fn release_unused_objects(&mut self) {
-        let mut used = std::collections::HashSet::new();
+        let mut used = rustc_hash::FxHashSet::default();
         for process in self.processes.values() {
             for mapping in &process.mappings {
                 if let MappingKind::Object(key) = mapping.kind {

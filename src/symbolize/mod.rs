@@ -10,7 +10,7 @@
 mod demangle;
 mod perf_map;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -94,10 +94,10 @@ impl Symbolizer {
             .build();
         Symbolizer {
             blaze,
-            user: HashMap::new(),
-            functions: HashMap::new(),
-            kernel: HashMap::new(),
-            perf_maps: HashMap::new(),
+            user: HashMap::default(),
+            functions: HashMap::default(),
+            kernel: HashMap::default(),
+            perf_maps: HashMap::default(),
             failures: 0,
         }
     }
