@@ -291,6 +291,8 @@ fn cli_peak_rss() {
     let _spin = Spinners::start(2);
     let out = std::env::temp_dir().join("taskprof-bench-cli.pb.gz");
     let own = max_rss_kib(libc::RUSAGE_SELF);
+    // Reaped below with wait4, which also reports the child's own rusage.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_taskprof"))
         .args(["profile", "--duration", "10s", "--output"])
         .arg(&out)
