@@ -15,3 +15,4 @@ pub mod pprof;
 pub mod process;
 pub mod profile;
 pub mod symbolize;
+pub mod upload;
