@@ -20,6 +20,8 @@ fn main() {
         "-O2",
         "-g",
         "-Ibpf",
+        // v3: atomics that return the old value (kernel 5.12+).
+        "-mcpu=v3",
         // Debian keeps asm/ uapi headers under the multiarch directory.
         "-idirafter",
         "/usr/include/x86_64-linux-gnu",

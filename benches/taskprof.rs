@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use taskprof::bpf::{RawSample, Sampler, SamplerConfig, Stack};
 use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta};
-use taskprof::process::ProcessTable;
+use taskprof::process::{ProcessKey, ProcessTable};
 use taskprof::profile::symbolize_samples;
 use taskprof::symbolize::Symbolizer;
 
@@ -97,12 +97,12 @@ fn bpf_cost_per_sample() {
         let mut sampler = Sampler::start(SamplerConfig::sized_for(frequency, 10, 2)).expect("start sampler");
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            sampler.new_processes(Duration::from_millis(100));
+            sampler.process_events(Duration::from_millis(100));
         }
         sampler.stop();
         let (run_ns, runs) = sampler.program_run_stats().expect("program run stats");
         let read_started = Instant::now();
-        let raw = sampler.read_samples().expect("read samples");
+        let raw = sampler.drain_window().expect("read samples").samples;
         let read = read_started.elapsed();
         println!(
             "| BPF cost per sample at {frequency} Hz (10 s, 2 busy CPUs) | {:.0} ns ({runs} runs) |",
@@ -125,7 +125,7 @@ fn start_to_first_sample() {
         let started = Instant::now();
         let sampler = Sampler::start(SamplerConfig::sized_for(99, 30, 2)).expect("start sampler");
         loads.push(started.elapsed());
-        while sampler.stats().expect("stats").samples == 0 {
+        while sampler.live_stats().expect("stats").samples == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
         firsts.push(started.elapsed());
@@ -206,12 +206,12 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
     assert!(!kernel.is_empty(), "no kernel text symbols visible in /proc/kallsyms");
     let pids: Vec<u32> = host.0.iter().map(|c| c.id()).collect();
     for &pid in &pids {
-        processes.observe(pid);
+        processes.observe(ProcessKey { tgid: pid, incarnation: 1 });
     }
     (0..STACKS)
         .map(|i| {
             let pid = pids[i % pids.len()];
-            let mappings = &processes.get(pid).expect("captured").mappings;
+            let mappings = &processes.get(ProcessKey { tgid: pid, incarnation: 1 }).expect("captured").mappings;
             let depth = 8 + (rng.next() % 17) as usize;
             let user: Vec<u64> = (0..depth)
                 .map(|_| {
@@ -230,6 +230,7 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
             };
             RawSample {
                 tgid: pid,
+                incarnation: 1,
                 tid: pid,
                 comm: "synthetic".into(),
                 user: Stack::Frames(user),

@@ -21,6 +21,11 @@
 struct sample_key {
 	__u32 tgid;
 	__u32 pid;
+	/* Which process behind this tgid: a new number is drawn whenever a
+	 * tgid is first sampled after its previous process exited or exec'd,
+	 * so a reused pid never inherits the old process's mappings. */
+	__u32 incarnation;
+	__u32 _pad;
 	__u64 user_stack_id;
 	__u64 kernel_stack_id;
 	char comm[TASKPROF_COMM_LEN];
@@ -45,7 +50,8 @@ enum stack_status {
 	STACK_ID_MIN = 16,
 };
 
-/* Indexes of the per-CPU `stats` array. */
+/* Indexes of the per-CPU `stats` array, per generation: the slot of stat
+ * S in generation G is G * STAT_MAX + S. */
 enum stat_index {
 	/* Every sample the program accepted (after the pid filter). */
 	STAT_SAMPLES = 0,
@@ -65,10 +71,24 @@ enum stat_index {
 	STAT_MAX = 8,
 };
 
-/* Sent once per thread group, the first time it is sampled, so that
- * userspace captures its mappings while it is still alive. */
+/*
+ * Samples are aggregated into one of two generations of maps; userspace
+ * flips `generation` at each window boundary and drains the idle one.
+ */
+#define TASKPROF_GENERATIONS 2
+
+enum process_event_kind {
+	/* A thread group's first sample (per incarnation): capture it now. */
+	PROCESS_NEW = 1,
+	/* The group leader exited or exec'd: the incarnation is over. */
+	PROCESS_GONE = 2,
+};
+
 struct process_event {
 	__u32 tgid;
+	__u32 incarnation;
+	__u32 kind;
+	__u32 _pad;
 };
 
 #endif /* TASKPROF_PROFILER_H */

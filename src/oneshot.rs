@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::bpf::{SampleStats, Sampler, SamplerConfig};
+use crate::bpf::{ProcessEvent, SampleStats, Sampler, SamplerConfig, Window};
 use crate::config::{OutputFormat, ProfileConfig};
 use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta};
-use crate::process::ProcessTable;
+use crate::process::{ProcessKey, ProcessTable};
 use crate::profile::symbolize_samples;
 use crate::symbolize::Symbolizer;
 
@@ -41,10 +41,6 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     sampler_config.verifier_log = config.verifier_log;
 
     let mut processes = ProcessTable::new();
-    // Known targets are captured before the first sample.
-    for &pid in &config.pids {
-        processes.observe(pid);
-    }
 
     let mut sampler = Sampler::start(sampler_config)?;
     let started_at = SystemTime::now();
@@ -57,12 +53,10 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             .duration
             .saturating_sub(started.elapsed())
             .min(Duration::from_millis(100));
-        for tgid in sampler.new_processes(wait) {
-            processes.observe(tgid);
-        }
+        observe_new(&mut processes, sampler.process_events(wait));
         if progress && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
-            let samples = sampler.stats().map(|s| s.samples).unwrap_or(0);
+            let samples = sampler.live_stats().map(|s| s.samples).unwrap_or(0);
             let elapsed = started.elapsed().min(config.duration);
             eprint!(
                 "\r\x1b[Ktaskprof: {:>4.0}s elapsed, {:>4.0}s left, {samples} samples",
@@ -80,11 +74,8 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     }
     let processing_started = Instant::now();
 
-    for tgid in sampler.new_processes(Duration::ZERO) {
-        processes.observe(tgid);
-    }
-    let stats = sampler.stats()?;
-    let raw = sampler.read_samples()?;
+    observe_new(&mut processes, sampler.process_events(Duration::ZERO));
+    let Window { samples: raw, stats } = sampler.drain_window()?;
     drop(sampler);
 
     let mut symbolizer = Symbolizer::new();
@@ -151,4 +142,14 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         path.display(),
         open
     )
+}
+
+/// Captures newly sampled processes while they are alive. Ended
+/// incarnations are kept: their samples are symbolized at the end.
+fn observe_new(processes: &mut ProcessTable, events: Vec<ProcessEvent>) {
+    for event in events {
+        if let ProcessEvent::New { tgid, incarnation } = event {
+            processes.observe(ProcessKey { tgid, incarnation });
+        }
+    }
 }

@@ -6,7 +6,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::bpf::{RawSample, Stack};
-use crate::process::{MappingKind, ProcessTable};
+use crate::process::{MappingKind, ProcessKey, ProcessTable};
 use crate::symbolize::{synthetic_lines, Lines, Symbolizer};
 
 /// The mapping a user frame lies in, as profiles describe it.
@@ -79,37 +79,38 @@ enum UserTarget {
 /// too short-lived) are captured now if still alive. No address fails the
 /// whole: unknowns get `file+offset` or `[unknown]` frames.
 pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mut Symbolizer) -> Vec<Sample> {
+    let key_of = |sample: &RawSample| ProcessKey { tgid: sample.tgid, incarnation: sample.incarnation };
     for sample in raw {
-        processes.observe(sample.tgid);
+        processes.observe(key_of(sample));
     }
     // Addresses outside every known mapping: the process may have mapped
     // more since it was captured (dlopen, exec).
     let mut refreshed = rustc_hash::FxHashSet::default();
     for sample in raw {
         let missing = processes
-            .get(sample.tgid)
+            .get(key_of(sample))
             .is_some_and(|p| sample.user.frames().iter().any(|&a| p.mapping_for(a).is_none()));
-        if missing && refreshed.insert(sample.tgid) {
-            processes.refresh(sample.tgid);
+        if missing && refreshed.insert(key_of(sample)) {
+            processes.refresh(key_of(sample));
         }
     }
 
-    let mut mapping_cache: HashMap<(u32, u64), Arc<MappingInfo>> = HashMap::default();
-    let mut targets: HashMap<(u32, u64, bool), UserTarget> = HashMap::default();
+    let mut mapping_cache: HashMap<(ProcessKey, u64), Arc<MappingInfo>> = HashMap::default();
+    let mut targets: HashMap<(ProcessKey, u64, bool), UserTarget> = HashMap::default();
     let mut per_object: HashMap<crate::process::FileKey, Vec<u64>> = HashMap::default();
     let mut kernel_addresses = Vec::new();
 
     for sample in raw {
         for (depth, &address) in sample.user.frames().iter().enumerate() {
             let leaf = depth == 0;
-            if targets.contains_key(&(sample.tgid, address, leaf)) {
+            if targets.contains_key(&(key_of(sample), address, leaf)) {
                 continue;
             }
-            let target = resolve_user(processes, &mut mapping_cache, sample.tgid, address, leaf);
+            let target = resolve_user(processes, &mut mapping_cache, key_of(sample), address, leaf);
             if let UserTarget::Object { key, offset, .. } = &target {
                 per_object.entry(*key).or_default().push(*offset);
             }
-            targets.insert((sample.tgid, address, leaf), target);
+            targets.insert((key_of(sample), address, leaf), target);
         }
         for (depth, &address) in sample.kernel.frames().iter().enumerate() {
             kernel_addresses.push(lookup_address(address, depth == 0));
@@ -157,7 +158,7 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                 stack => {
                     for (depth, &address) in stack.frames().iter().enumerate() {
                         let leaf = depth == 0;
-                        let frame = match &targets[&(sample.tgid, address, leaf)] {
+                        let frame = match &targets[&(key_of(sample), address, leaf)] {
                             UserTarget::Object { mapping, key, offset } => Frame {
                                 address,
                                 mapping: Some(Arc::clone(mapping)),
@@ -186,7 +187,7 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                 }
             }
             let process_name = processes
-                .get(sample.tgid)
+                .get(key_of(sample))
                 .map(|p| p.name.clone())
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| sample.comm.clone());
@@ -226,18 +227,19 @@ fn lost_frame(name: &str, kernel: bool) -> Frame {
 
 fn resolve_user(
     processes: &ProcessTable,
-    mapping_cache: &mut HashMap<(u32, u64), Arc<MappingInfo>>,
-    tgid: u32,
+    mapping_cache: &mut HashMap<(ProcessKey, u64), Arc<MappingInfo>>,
+    key: ProcessKey,
     address: u64,
     leaf: bool,
 ) -> UserTarget {
-    let Some(mapping) = processes.get(tgid).and_then(|p| p.mapping_for(address)) else {
+    let tgid = key.tgid;
+    let Some(mapping) = processes.get(key).and_then(|p| p.mapping_for(address)) else {
         return UserTarget::Named {
             mapping: None,
             lines: synthetic_lines("[unknown]"),
         };
     };
-    let info = Arc::clone(mapping_cache.entry((tgid, mapping.start)).or_insert_with(|| {
+    let info = Arc::clone(mapping_cache.entry((key, mapping.start)).or_insert_with(|| {
         let build_id = match mapping.kind {
             MappingKind::Object(key) => processes
                 .object(key)

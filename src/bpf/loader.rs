@@ -97,6 +97,15 @@ pub enum SamplerError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// Attaching a process-lifecycle tracepoint failed.
+    #[error("failed to attach the BPF program `{name}` to its sched tracepoint: {source}")]
+    AttachTracepoint {
+        /// The program.
+        name: String,
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+    },
     /// A map could not be configured or read.
     #[error("failed to access BPF map `{map}`: {source}")]
     Map {
@@ -114,7 +123,8 @@ pub struct Sampler {
     skel: ProfilerSkel<'static>,
     links: Vec<Link>,
     ring: RingBuffer<'static>,
-    announced: Arc<Mutex<Vec<u32>>>,
+    announced: Arc<Mutex<Vec<ProcessEvent>>>,
+    generation: u32,
     config: SamplerConfig,
 }
 
@@ -226,14 +236,12 @@ impl Sampler {
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = ProfilerSkelBuilder::default().open(storage).map_err(load_error)?;
         let map_error = |map: &'static str| move |source| SamplerError::Map { map, source };
-        open.maps
-            .stacks
-            .set_max_entries(config.stack_map_entries)
-            .map_err(map_error("stacks"))?;
-        open.maps
-            .counts
-            .set_max_entries(config.counts_map_entries)
-            .map_err(map_error("counts"))?;
+        for map in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
+            map.set_max_entries(config.stack_map_entries).map_err(map_error("stacks"))?;
+        }
+        for map in [&mut open.maps.counts0, &mut open.maps.counts1] {
+            map.set_max_entries(config.counts_map_entries).map_err(map_error("counts"))?;
+        }
         let filter_len = (config.tgids.len() as u32).max(1);
         open.maps
             .tgid_filter
@@ -262,8 +270,13 @@ impl Sampler {
                     // (checked length above); it is plain integers, so any
                     // bit pattern is valid, and read_unaligned needs no alignment.
                     let event: types::process_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                    let (tgid, incarnation) = (event.tgid, event.incarnation);
+                    let event = match types::process_event_kind(event.kind) {
+                        types::process_event_kind::PROCESS_NEW => ProcessEvent::New { tgid, incarnation },
+                        _ => ProcessEvent::Gone { tgid, incarnation },
+                    };
                     if let Ok(mut list) = sink.lock() {
-                        list.push(event.tgid);
+                        list.push(event);
                     }
                 }
                 0
@@ -271,7 +284,13 @@ impl Sampler {
             .map_err(map_error("process_events"))?;
         let ring = builder.build().map_err(map_error("process_events"))?;
 
-        let mut links = Vec::with_capacity(cpus.len());
+        let mut links = Vec::with_capacity(cpus.len() + 2);
+        for prog in [&skel.progs.process_exit, &skel.progs.process_exec] {
+            links.push(prog.attach().map_err(|source| SamplerError::AttachTracepoint {
+                name: prog.name().to_string_lossy().into_owned(),
+                source,
+            })?);
+        }
         for cpu in cpus {
             let fd = open_cpu_clock(cpu, config.frequency_hz).map_err(|source| {
                 let hint = perf_event_hint(&source);
@@ -292,6 +311,7 @@ impl Sampler {
             links,
             ring,
             announced,
+            generation: 0,
             config,
         })
     }
@@ -301,9 +321,10 @@ impl Sampler {
         &self.config
     }
 
-    /// Thread groups sampled for the first time since the last call.
-    /// Waits up to `timeout` for the first one.
-    pub fn new_processes(&mut self, timeout: Duration) -> Vec<u32> {
+    /// Process events since the last call: thread groups sampled for the
+    /// first time, and incarnations that ended. Waits up to `timeout` for
+    /// the first one.
+    pub fn process_events(&mut self, timeout: Duration) -> Vec<ProcessEvent> {
         // A poll error is EINTR from a signal; the events stay queued.
         let _ = self.ring.poll(timeout);
         self.announced
@@ -312,21 +333,27 @@ impl Sampler {
             .unwrap_or_default()
     }
 
-    /// Stops sampling: detaches the program, which closes the perf events.
+    /// Stops sampling: detaches the programs, which closes the perf events.
     /// The maps stay readable.
     pub fn stop(&mut self) {
         self.links.clear();
     }
 
-    /// The BPF program's counters, summed over CPUs.
-    pub fn stats(&self) -> Result<SampleStats, SamplerError> {
-        let mut counters = vec![0u64; types::stat_index::STAT_MAX.0 as usize];
+    /// Counters of the generation being filled now (for progress reports).
+    pub fn live_stats(&self) -> Result<SampleStats, SamplerError> {
+        self.generation_stats(self.generation)
+    }
+
+    fn generation_stats(&self, generation: u32) -> Result<SampleStats, SamplerError> {
+        let stat_max = types::stat_index::STAT_MAX.0;
+        let mut counters = vec![0u64; stat_max as usize];
         for (index, slot) in counters.iter_mut().enumerate() {
+            let key = (generation * stat_max + index as u32).to_ne_bytes();
             let per_cpu = self
                 .skel
                 .maps
                 .stats
-                .lookup_percpu(&(index as u32).to_ne_bytes(), MapFlags::ANY)
+                .lookup_percpu(&key, MapFlags::ANY)
                 .map_err(|source| SamplerError::Map { map: "stats", source })?
                 .unwrap_or_default();
             *slot = per_cpu
@@ -353,35 +380,124 @@ impl Sampler {
         Some((field("run_time_ns:")?, field("run_cnt:")?))
     }
 
-    /// Reads every aggregated sample with its stacks.
-    pub fn read_samples(&self) -> Result<Vec<RawSample>, SamplerError> {
-        let counts = &self.skel.maps.counts;
-        let stacks = StackReader::new(&self.skel.maps.stacks);
-        let mut samples = Vec::new();
-        for key_bytes in counts.keys() {
-            let Some(value) = counts
-                .lookup(&key_bytes, MapFlags::ANY)
-                .map_err(|source| SamplerError::Map { map: "counts", source })?
-            else {
-                continue;
-            };
-            if key_bytes.len() < std::mem::size_of::<types::sample_key>() || value.len() < 8 {
-                continue;
-            }
-            // SAFETY: keys of `counts` are `struct sample_key` (length
-            // checked above), made only of integers, so every bit pattern
-            // is valid; read_unaligned imposes no alignment.
-            let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
-            let comm_bytes: Vec<u8> = key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
-            samples.push(RawSample {
-                tgid: key.tgid,
-                tid: key.pid,
-                comm: String::from_utf8_lossy(&comm_bytes).into_owned(),
-                user: stacks.user(&key),
-                kernel: stacks.kernel(&key),
-                count: u64::from_ne_bytes(value[..8].try_into().unwrap_or([0; 8])),
-            });
+    /// Ends the current window: switches the BPF program to the other
+    /// generation of maps, waits until no program can still be writing to
+    /// the old one, then reads and clears it. Every sample lands in exactly
+    /// one window: the generation is read once per program run, and the
+    /// old generation is only read after every run that saw it has ended.
+    pub fn drain_window(&mut self) -> Result<Window, SamplerError> {
+        let old = self.generation;
+        let new = old ^ 1;
+        {
+            let bss = self
+                .skel
+                .maps
+                .bss_data
+                .as_deref_mut()
+                .ok_or_else(|| SamplerError::Map { map: ".bss", source: libbpf_rs::Error::from_raw_os_error(libc::ENOENT) })?;
+            // SAFETY: `generation` lives in the mmapped .bss shared with the
+            // BPF program; a volatile store makes the write visible to it.
+            unsafe { std::ptr::write_volatile(&mut bss.generation, new) };
         }
-        Ok(samples)
+        self.generation = new;
+        // A perf_event program runs for microseconds with preemption off;
+        // after this pause none can still hold the old generation.
+        std::thread::sleep(GENERATION_GRACE);
+
+        let (counts, stacks) = match old {
+            0 => (&self.skel.maps.counts0, &self.skel.maps.stacks0),
+            _ => (&self.skel.maps.counts1, &self.skel.maps.stacks1),
+        };
+        let samples = read_samples(counts, stacks)?;
+        let stats = self.generation_stats(old)?;
+
+        clear_map(counts, "counts")?;
+        clear_map(stacks, "stacks")?;
+        let stat_max = types::stat_index::STAT_MAX.0;
+        let zeros = vec![0u8.to_ne_bytes().repeat(8); libbpf_rs::num_possible_cpus().map_err(|source| SamplerError::Map { map: "stats", source })?];
+        for index in 0..stat_max {
+            let key = (old * stat_max + index).to_ne_bytes();
+            self.skel
+                .maps
+                .stats
+                .update_percpu(&key, &zeros, MapFlags::ANY)
+                .map_err(|source| SamplerError::Map { map: "stats", source })?;
+        }
+        Ok(Window { samples, stats })
     }
+}
+
+/// How long to wait after switching generations before reading the old one.
+const GENERATION_GRACE: Duration = Duration::from_millis(10);
+
+/// What one window collected.
+#[derive(Debug, Clone, Default)]
+pub struct Window {
+    /// Aggregated samples.
+    pub samples: Vec<RawSample>,
+    /// The BPF program's counters for exactly these samples.
+    pub stats: SampleStats,
+}
+
+/// A change in the set of sampled processes, reported by the BPF program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProcessEvent {
+    /// A thread group was sampled for the first time in this incarnation.
+    New {
+        /// Thread group id.
+        tgid: u32,
+        /// Incarnation number.
+        incarnation: u32,
+    },
+    /// The incarnation ended: the process exited or exec'd.
+    Gone {
+        /// Thread group id.
+        tgid: u32,
+        /// Incarnation number.
+        incarnation: u32,
+    },
+}
+
+fn clear_map(map: &libbpf_rs::Map<'_>, name: &'static str) -> Result<(), SamplerError> {
+    let keys: Vec<Vec<u8>> = map.keys().collect();
+    for key in keys {
+        match map.delete(&key) {
+            Ok(()) => {}
+            // Already gone is fine; anything else is an error.
+            Err(err) if err.kind() == libbpf_rs::ErrorKind::NotFound => {}
+            Err(source) => return Err(SamplerError::Map { map: name, source }),
+        }
+    }
+    Ok(())
+}
+
+fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Result<Vec<RawSample>, SamplerError> {
+    let stacks = StackReader::new(stacks);
+    let mut samples = Vec::new();
+    for key_bytes in counts.keys() {
+        let Some(value) = counts
+            .lookup(&key_bytes, MapFlags::ANY)
+            .map_err(|source| SamplerError::Map { map: "counts", source })?
+        else {
+            continue;
+        };
+        if key_bytes.len() < std::mem::size_of::<types::sample_key>() || value.len() < 8 {
+            continue;
+        }
+        // SAFETY: keys of `counts` are `struct sample_key` (length
+        // checked above), made only of integers, so every bit pattern
+        // is valid; read_unaligned imposes no alignment.
+        let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+        let comm_bytes: Vec<u8> = key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+        samples.push(RawSample {
+            tgid: key.tgid,
+            tid: key.pid,
+            incarnation: key.incarnation,
+            comm: String::from_utf8_lossy(&comm_bytes).into_owned(),
+            user: stacks.user(&key),
+            kernel: stacks.kernel(&key),
+            count: u64::from_ne_bytes(value[..8].try_into().unwrap_or([0; 8])),
+        });
+    }
+    Ok(samples)
 }

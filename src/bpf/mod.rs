@@ -12,7 +12,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
 }
 
-pub use loader::{Sampler, SamplerConfig, SamplerError};
+pub use loader::{ProcessEvent, Sampler, SamplerConfig, SamplerError, Window};
 pub use stacks::{Stack, StackLoss};
 
 use skel::types;
@@ -49,18 +49,16 @@ impl SampleStats {
         self.user_stack_map_full + self.user_stack_error + self.kernel_stack_map_full + self.kernel_stack_error
     }
 
-    /// The difference between two readings, for per-window accounting.
-    pub fn since(&self, earlier: &SampleStats) -> SampleStats {
-        SampleStats {
-            samples: self.samples - earlier.samples,
-            lost_counts_full: self.lost_counts_full - earlier.lost_counts_full,
-            lost_other: self.lost_other - earlier.lost_other,
-            user_stack_map_full: self.user_stack_map_full - earlier.user_stack_map_full,
-            user_stack_error: self.user_stack_error - earlier.user_stack_error,
-            kernel_stack_map_full: self.kernel_stack_map_full - earlier.kernel_stack_map_full,
-            kernel_stack_error: self.kernel_stack_error - earlier.kernel_stack_error,
-            process_events_dropped: self.process_events_dropped - earlier.process_events_dropped,
-        }
+    /// Adds another window's counters to these.
+    pub fn add(&mut self, other: &SampleStats) {
+        self.samples += other.samples;
+        self.lost_counts_full += other.lost_counts_full;
+        self.lost_other += other.lost_other;
+        self.user_stack_map_full += other.user_stack_map_full;
+        self.user_stack_error += other.user_stack_error;
+        self.kernel_stack_map_full += other.kernel_stack_map_full;
+        self.kernel_stack_error += other.kernel_stack_error;
+        self.process_events_dropped += other.process_events_dropped;
     }
 
     fn from_counters(counters: &[u64]) -> SampleStats {
@@ -85,6 +83,8 @@ pub struct RawSample {
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
+    /// Which process behind `tgid` (pids are reused; exec starts anew).
+    pub incarnation: u32,
     /// The thread's comm at sampling time.
     pub comm: String,
     /// User stack, leaf first.

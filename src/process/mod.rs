@@ -12,7 +12,7 @@ pub mod maps;
 use rustc_hash::FxHashMap as HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use maps::{Backing, MapsEntry};
 
@@ -80,6 +80,17 @@ impl Mapping {
     }
 }
 
+/// A process: its thread group id and the incarnation the BPF program gave
+/// it. A pid that is reused, or a process that execs, gets a new
+/// incarnation, so samples never meet another process's mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    /// Thread group id.
+    pub tgid: u32,
+    /// Incarnation number from the BPF program.
+    pub incarnation: u32,
+}
+
 /// A captured process.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
@@ -96,6 +107,13 @@ pub struct ProcessInfo {
     pub captured: bool,
 }
 
+/// Reads a process's start time, to tell it apart from a later process
+/// with the same pid.
+pub fn process_start_time(proc_root: &Path, tgid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(tgid.to_string()).join("stat")).ok()?;
+    parse_start_time(&stat)
+}
+
 impl ProcessInfo {
     /// The mapping containing `address`.
     pub fn mapping_for(&self, address: u64) -> Option<&Mapping> {
@@ -109,7 +127,7 @@ impl ProcessInfo {
 #[derive(Debug)]
 pub struct ProcessTable {
     proc_root: PathBuf,
-    processes: HashMap<u32, ProcessInfo>,
+    processes: HashMap<ProcessKey, ProcessInfo>,
     objects: HashMap<FileKey, ObjectFile>,
     unopenable: HashMap<FileKey, ()>,
 }
@@ -137,27 +155,31 @@ impl ProcessTable {
         }
     }
 
-    /// Captures `tgid` unless it is already known. A process that is
+    /// Captures a process unless it is already known. A process that is
     /// already gone is remembered as such, with no mappings.
-    pub fn observe(&mut self, tgid: u32) {
-        if !self.processes.contains_key(&tgid) {
-            let info = self.capture(tgid);
-            self.processes.insert(tgid, info);
+    pub fn observe(&mut self, key: ProcessKey) {
+        if !self.processes.contains_key(&key) {
+            let info = self.capture(key.tgid);
+            self.processes.insert(key, info);
         }
     }
 
     /// Re-reads the mappings of a live process, keeping those it had: used
     /// when an address falls outside every known mapping (after dlopen or
     /// exec). Returns whether anything was added.
-    pub fn refresh(&mut self, tgid: u32) -> bool {
-        let fresh = self.capture(tgid);
+    pub fn refresh(&mut self, key: ProcessKey) -> bool {
+        let fresh = self.capture(key.tgid);
         if !fresh.captured {
             return false;
         }
-        let Some(known) = self.processes.get_mut(&tgid) else {
-            self.processes.insert(tgid, fresh);
+        let Some(known) = self.processes.get_mut(&key) else {
+            self.processes.insert(key, fresh);
             return true;
         };
+        if known.captured && known.start_time != fresh.start_time {
+            // The pid now belongs to another process: keep what we had.
+            return false;
+        }
         let mut added = false;
         for mapping in fresh.mappings {
             if !known
@@ -179,13 +201,23 @@ impl ProcessTable {
     }
 
     /// A captured process.
-    pub fn get(&self, tgid: u32) -> Option<&ProcessInfo> {
-        self.processes.get(&tgid)
+    pub fn get(&self, key: ProcessKey) -> Option<&ProcessInfo> {
+        self.processes.get(&key)
     }
 
     /// Every captured process.
-    pub fn processes(&self) -> impl Iterator<Item = &ProcessInfo> {
-        self.processes.values()
+    pub fn processes(&self) -> impl Iterator<Item = (&ProcessKey, &ProcessInfo)> {
+        self.processes.iter()
+    }
+
+    /// How many processes are tracked.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Whether no process is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
     }
 
     /// The open file behind an object mapping.
@@ -200,12 +232,13 @@ impl ProcessTable {
 
     /// Forgets a process (its files stay open while other processes map them
     /// until [`ProcessTable::release_unused_objects`]).
-    pub fn forget(&mut self, tgid: u32) {
-        self.processes.remove(&tgid);
+    pub fn forget(&mut self, key: ProcessKey) {
+        self.processes.remove(&key);
     }
 
-    /// Closes files no remembered process maps any more.
-    pub fn release_unused_objects(&mut self) {
+    /// Closes files no remembered process maps any more, after `before_close`
+    /// has seen each (to drop caches keyed by its handle path).
+    pub fn release_unused_objects(&mut self, mut before_close: impl FnMut(FileKey, &ObjectFile)) {
         let mut used = rustc_hash::FxHashSet::default();
         for process in self.processes.values() {
             for mapping in &process.mappings {
@@ -214,7 +247,14 @@ impl ProcessTable {
                 }
             }
         }
-        self.objects.retain(|key, _| used.contains(key));
+        self.objects.retain(|key, object| {
+            let keep = used.contains(key);
+            if !keep {
+                before_close(*key, object);
+            }
+            keep
+        });
+        self.unopenable.retain(|key, _| used.contains(key));
     }
 
     fn capture(&mut self, tgid: u32) -> ProcessInfo {
@@ -349,7 +389,7 @@ mod tests {
     #[test]
     fn own_process_is_captured_with_its_executable_and_handles() {
         let mut table = ProcessTable::new();
-        let me = std::process::id();
+        let me = ProcessKey { tgid: std::process::id(), incarnation: 1 };
         table.observe(me);
         let info = table.get(me).expect("own process captured");
         assert!(info.captured);
@@ -367,8 +407,9 @@ mod tests {
     #[test]
     fn a_pid_that_does_not_exist_is_remembered_as_not_captured() {
         let mut table = ProcessTable::new();
-        table.observe(u32::MAX - 1);
-        let info = table.get(u32::MAX - 1).expect("entry kept");
+        let gone = ProcessKey { tgid: u32::MAX - 1, incarnation: 1 };
+        table.observe(gone);
+        let info = table.get(gone).expect("entry kept");
         assert!(!info.captured && info.mappings.is_empty());
         assert!(info.mapping_for(0x1000).is_none());
     }
