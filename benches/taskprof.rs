@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use taskprof::bpf::{RawSample, Sampler, SamplerConfig, Stack};
-use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta};
+use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use taskprof::process::{ProcessKey, ProcessTable};
 use taskprof::profile::symbolize_samples;
 use taskprof::symbolize::Symbolizer;
@@ -206,12 +206,21 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
     assert!(!kernel.is_empty(), "no kernel text symbols visible in /proc/kallsyms");
     let pids: Vec<u32> = host.0.iter().map(|c| c.id()).collect();
     for &pid in &pids {
-        processes.observe(ProcessKey { tgid: pid, incarnation: 1 });
+        processes.observe(ProcessKey {
+            tgid: pid,
+            incarnation: 1,
+        });
     }
     (0..STACKS)
         .map(|i| {
             let pid = pids[i % pids.len()];
-            let mappings = &processes.get(ProcessKey { tgid: pid, incarnation: 1 }).expect("captured").mappings;
+            let mappings = &processes
+                .get(ProcessKey {
+                    tgid: pid,
+                    incarnation: 1,
+                })
+                .expect("captured")
+                .mappings;
             let depth = 8 + (rng.next() % 17) as usize;
             let user: Vec<u64> = (0..depth)
                 .map(|_| {
@@ -249,6 +258,7 @@ fn process_once(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mu
         frequency_hz: 99,
         start: SystemTime::now(),
         duration: Duration::from_secs(30),
+        sample_labels: SampleLabels::All,
     };
     let bytes = encode_gzip(&build_profile(&samples, &meta)).expect("encode");
     let mut file = std::fs::File::create(&out).expect("create output");

@@ -1,10 +1,21 @@
-//! Command-line types. They are turned into validated config structs
-//! (`crate::config`) right away, so clap never leaks into the core.
+//! Command-line types and the text forms of their values. They are turned
+//! into validated config structs (`crate::config`, `crate::agent_config`)
+//! right away, so clap never leaks into the core.
+//!
+//! The `parse_*` functions here are the one definition of each setting's
+//! text form: clap uses them for flags, and the agent's configuration uses
+//! them again for environment variables and its YAML file, so a value means
+//! the same thing wherever it is written.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+use crate::upload::Protocol;
 
 /// taskprof: a CPU profiler for Linux built on BPF.
 #[derive(Debug, Parser)]
@@ -16,10 +27,17 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// The agent's flags make its variant big; a `Command` is built once per run,
+// so boxing it would only add noise where it is matched.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Profile the host (or some processes) once and write a profile file.
     Profile(ProfileArgs),
+    /// Profile continuously and upload one profile per window to Pyroscope,
+    /// Parca or a directory.
+    #[command(after_long_help = AGENT_SOURCES_HELP)]
+    Agent(AgentArgs),
 }
 
 /// Output formats of `taskprof profile`.
@@ -41,7 +59,7 @@ pub struct ProfileArgs {
     pub duration: Duration,
 
     /// Samples per second on each CPU (1 to 10000).
-    #[arg(short = 'F', long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(short = 'F', long, default_value_t = 99, value_parser = parse_frequency)]
     pub frequency: u64,
 
     /// Only sample this process (repeatable). Default: every process.
@@ -62,13 +80,318 @@ pub struct ProfileArgs {
     pub verifier_log: bool,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("`{text}` is not a duration ({err}); use e.g. 30s, 2m or 1m30s"))?;
+const AGENT_SOURCES_HELP: &str = "\
+Every flag can also be set by an environment variable, TASKPROF_ and the flag's name in upper \
+snake case (TASKPROF_UPLOAD_URL, TASKPROF_FREQUENCY; repeatable flags take a comma-separated \
+list, e.g. TASKPROF_LABEL=team=infra,env=prod), or by a key in the --config YAML file, the \
+flag's name in snake case (upload_url: http://pyroscope:4040). The repeatable flags are the maps \
+`labels` and `headers` and the list `pids` there. A flag wins over the environment, which wins \
+over the file, which wins over the defaults.";
+
+/// Flags of `taskprof agent`.
+///
+/// None has a clap default: a flag left out must fall through to the
+/// environment and then the YAML file, so the defaults are applied by
+/// `crate::agent_config` after all three have been consulted.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// YAML file with settings; its keys are the flag names in snake case.
+    /// [env: TASKPROF_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Samples per second on each CPU, 1 to 10000. [default: 19]
+    #[arg(short = 'F', long, value_name = "HZ", value_parser = parse_frequency)]
+    pub frequency: Option<u64>,
+
+    /// How much time each uploaded profile covers, at least 1s. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_window)]
+    pub window: Option<Duration>,
+
+    /// Only sample this process (repeatable). Default: every process.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Print libbpf's and the verifier's log when the BPF program fails to load.
+    #[arg(long)]
+    pub verifier_log: bool,
+
+    /// Where profiles go, and how.
+    #[command(flatten)]
+    pub upload: UploadArgs,
+
+    /// Undeliverable profiles and backpressure.
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+
+    /// What each profile is labelled with.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// The agent's own metrics and logs.
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
+}
+
+/// The backend and how to reach it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Upload")]
+pub struct UploadArgs {
+    /// Backend base URL, e.g. http://pyroscope:4040; for the file protocol,
+    /// a directory or a file:// URL. Required.
+    #[arg(long, value_name = "URL")]
+    pub upload_url: Option<String>,
+
+    /// Backend protocol: pyroscope, parca or file. [default: pyroscope]
+    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    pub upload_protocol: Option<Protocol>,
+
+    /// Timeout of each upload request. [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub upload_timeout: Option<Duration>,
+
+    /// Upload requests in flight at once, 1 to 64. [default: 4]
+    #[arg(long, value_name = "N", value_parser = parse_upload_concurrency)]
+    pub upload_concurrency: Option<usize>,
+
+    /// File holding a bearer token, sent as `Authorization: Bearer`.
+    /// Read once at start-up.
+    #[arg(long, value_name = "FILE")]
+    pub bearer_token_file: Option<PathBuf>,
+
+    /// User name for HTTP basic auth; needs --basic-auth-password-file.
+    #[arg(long, value_name = "USER")]
+    pub basic_auth_user: Option<String>,
+
+    /// File holding the password for HTTP basic auth. Read once at start-up.
+    #[arg(long, value_name = "FILE")]
+    pub basic_auth_password_file: Option<PathBuf>,
+
+    /// Extra header on every request, `Name: value` (repeatable), e.g.
+    /// `X-Scope-OrgID: tenant1`. Values are treated as secrets.
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub header: Vec<String>,
+
+    /// PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// Accept any server certificate. Insecure: for testing only.
+    #[arg(long)]
+    pub tls_insecure_skip_verify: bool,
+}
+
+/// The spool, the queue and shutdown.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliveryArgs {
+    /// Directory keeping profiles the backend did not take yet.
+    /// [default: /var/lib/taskprof/spool]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bound on the spool's size: bytes, or with a suffix such as 256Mi or
+    /// 1Gi. [default: 256Mi]
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    pub spool_max_bytes: Option<u64>,
+
+    /// Windows waiting for upload before new ones go to the spool. [default: 16]
+    #[arg(long, value_name = "N", value_parser = parse_queue_capacity)]
+    pub queue_capacity: Option<usize>,
+
+    /// How long to keep uploading after SIGTERM before spooling the rest.
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// Series labels.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Labels")]
+pub struct IdentityArgs {
+    /// The `service_name` of every profile. Default: each process's name.
+    #[arg(long, value_name = "NAME")]
+    pub service_name: Option<String>,
+
+    /// The `node` label. Default: $NODE_NAME, else the host name.
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Extra label on every profile, `name=value` (repeatable).
+    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_label)]
+    pub label: Vec<(String, String)>,
+}
+
+/// Metrics endpoint and logging.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Observability")]
+pub struct ObservabilityArgs {
+    /// Address of the Prometheus /metrics endpoint. [default: 127.0.0.1:7071]
+    #[arg(long, value_name = "IP:PORT", value_parser = parse_socket_addr)]
+    pub metrics_address: Option<SocketAddr>,
+
+    /// Log format on stderr: text or json. [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::from_str)]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, e.g. `info` or `taskprof=debug,warn`. Default: $RUST_LOG,
+    /// else info.
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// A duration greater than zero, e.g. `30s`, `2m`, `1m30s`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_grace(text)?;
     if duration.is_zero() {
         return Err("the duration must be greater than zero, e.g. 30s".to_string());
     }
     Ok(duration)
+}
+
+/// Any duration, zero included.
+pub(crate) fn parse_grace(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|err| format!("`{text}` is not a duration ({err}); use e.g. 30s, 2m or 1m30s"))
+}
+
+/// A profiling window: profiles shorter than a second are mostly noise at
+/// the sampling frequencies taskprof allows, and cost an upload each.
+pub(crate) fn parse_window(text: &str) -> Result<Duration, String> {
+    let window = parse_grace(text)?;
+    if window < Duration::from_secs(1) {
+        return Err("the window is shorter than a second; use e.g. 10s".to_string());
+    }
+    Ok(window)
+}
+
+/// Samples per second on each CPU.
+pub(crate) fn parse_frequency(text: &str) -> Result<u64, String> {
+    parse_in_range(text, 1, 10_000)
+}
+
+pub(crate) fn parse_upload_concurrency(text: &str) -> Result<usize, String> {
+    parse_in_range(text, 1, 64)
+}
+
+pub(crate) fn parse_queue_capacity(text: &str) -> Result<usize, String> {
+    parse_in_range(text, 1, 1 << 20)
+}
+
+fn parse_in_range<T>(text: &str, low: T, high: T) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + std::fmt::Display,
+{
+    let value: T = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number; use one from {low} to {high}"))?;
+    if value < low || value > high {
+        return Err(format!("{value} is out of range; use one from {low} to {high}"));
+    }
+    Ok(value)
+}
+
+/// A process id.
+pub(crate) fn parse_pid(text: &str) -> Result<u32, String> {
+    text.trim().parse().map_err(|_| format!("`{text}` is not a process id"))
+}
+
+/// A backend protocol.
+pub(crate) fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "pyroscope" => Ok(Protocol::Pyroscope),
+        "parca" => Ok(Protocol::Parca),
+        "file" => Ok(Protocol::File),
+        _ => Err(format!("unknown protocol `{text}`; use pyroscope, parca or file")),
+    }
+}
+
+/// A size in bytes: a plain number, or a number with a binary (`Ki`, `Mi`,
+/// `Gi`, `Ti`) or decimal (`K`, `M`, `G`, `T`) suffix, optionally followed
+/// by `B`.
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a size; use bytes or e.g. 256Mi, 1Gi");
+    let trimmed = text.trim();
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
+    let (digits, suffix) = trimmed.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let suffix = suffix.trim_start();
+    let suffix = suffix
+        .strip_suffix('B')
+        .or_else(|| suffix.strip_suffix('b'))
+        .unwrap_or(suffix);
+    let unit: u64 = match suffix.to_ascii_lowercase().as_str() {
+        "" => 1,
+        "k" => 1_000,
+        "m" => 1_000_000,
+        "g" => 1_000_000_000,
+        "t" => 1_000_000_000_000,
+        "ki" => 1 << 10,
+        "mi" => 1 << 20,
+        "gi" => 1 << 30,
+        "ti" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = number
+        .checked_mul(unit)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes == 0 {
+        return Err("the size must be greater than zero".to_string());
+    }
+    Ok(bytes)
+}
+
+/// A `name=value` label.
+pub(crate) fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label `{text}` has no `=`; write it as name=value"))?;
+    check_label(name.trim(), value.trim())
+}
+
+/// Label names the agent sets itself, or that Prometheus-style backends
+/// treat specially; a user label of the same name would clash with them.
+const RESERVED_LABELS: [&str; 5] = ["service_name", "__name__", "pid", "node", "comm"];
+
+/// Checks a label: a Prometheus-valid name (`[a-zA-Z_][a-zA-Z0-9_]*`) that
+/// is not reserved, and a non-empty value.
+pub(crate) fn check_label(name: &str, value: &str) -> Result<(String, String), String> {
+    let mut chars = name.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "label name `{name}` is not valid; use letters, digits and `_`, not starting with a digit"
+        ));
+    }
+    if RESERVED_LABELS.contains(&name) || name.starts_with("__") {
+        return Err(format!(
+            "label name `{name}` is reserved (taskprof sets service_name, node, pid and comm itself, \
+             and names starting with __ belong to the backend); choose another name"
+        ));
+    }
+    if value.is_empty() {
+        return Err(format!("label `{name}` has an empty value"));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// An `ip:port` socket address.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not an ip:port address; use e.g. 127.0.0.1:7071 or [::]:7071"))
+}
+
+/// A boolean, as environment variables and YAML spell it (flags are
+/// switches and need no text form).
+pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("`{text}` is not a boolean; use true or false")),
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +404,16 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Profile(args) => args,
+            Command::Agent(_) => unreachable!("parsed `profile` as `agent`"),
+        })
+    }
+
+    fn parse_agent(args: &[&str]) -> Result<AgentArgs, clap::Error> {
+        let mut argv = vec!["taskprof", "agent"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Agent(args) => args,
+            Command::Profile(_) => unreachable!("parsed `agent` as `profile`"),
         })
     }
 
@@ -117,6 +450,107 @@ mod tests {
                 "{bad:?}: {err}"
             );
             assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn agent_flags_left_out_stay_unset_so_env_and_yaml_can_fill_them() {
+        let args = parse_agent(&[]).unwrap();
+        assert!(args.frequency.is_none() && args.window.is_none() && args.config.is_none());
+        assert!(args.upload.upload_url.is_none() && args.upload.upload_protocol.is_none());
+        assert!(args.identity.label.is_empty() && args.upload.header.is_empty());
+        assert!(!args.upload.tls_insecure_skip_verify && !args.verifier_log);
+    }
+
+    #[test]
+    fn agent_flags_parse_into_typed_values() {
+        let args = parse_agent(&[
+            "--upload-url",
+            "http://pyroscope:4040",
+            "--upload-protocol",
+            "parca",
+            "--window",
+            "1m",
+            "-F",
+            "49",
+            "--label",
+            "team=infra",
+            "--label",
+            "env = prod",
+            "--header",
+            "X-Scope-OrgID: t1",
+            "--spool-max-bytes",
+            "1Gi",
+            "--metrics-address",
+            "[::]:9000",
+            "--log-format",
+            "json",
+            "--tls-insecure-skip-verify",
+        ])
+        .unwrap();
+        assert_eq!(args.upload.upload_url.as_deref(), Some("http://pyroscope:4040"));
+        assert_eq!(args.upload.upload_protocol, Some(Protocol::Parca));
+        assert_eq!(args.window, Some(Duration::from_secs(60)));
+        assert_eq!(args.frequency, Some(49));
+        assert_eq!(
+            args.identity.label,
+            vec![("team".into(), "infra".into()), ("env".into(), "prod".into())]
+        );
+        assert_eq!(args.upload.header, vec!["X-Scope-OrgID: t1".to_string()]);
+        assert_eq!(args.delivery.spool_max_bytes, Some(1 << 30));
+        assert_eq!(args.observability.metrics_address, Some("[::]:9000".parse().unwrap()));
+        assert_eq!(args.observability.log_format, Some(LogFormat::Json));
+        assert!(args.upload.tls_insecure_skip_verify);
+    }
+
+    #[test]
+    fn bad_agent_flags_are_usage_errors_naming_the_flag() {
+        for (bad, flag) in [
+            (&["--frequency", "0"][..], "--frequency"),
+            (&["--window", "500ms"], "--window"),
+            (&["--upload-protocol", "otlp"], "--upload-protocol"),
+            (&["--upload-concurrency", "65"], "--upload-concurrency"),
+            (&["--label", "1x=y"], "--label"),
+            (&["--label", "pid=7"], "--label"),
+            (&["--metrics-address", "localhost"], "--metrics-address"),
+            (&["--log-format", "xml"], "--log-format"),
+            (&["--spool-max-bytes", "12Qi"], "--spool-max-bytes"),
+        ] {
+            let err = parse_agent(bad).expect_err(&format!("{bad:?} accepted"));
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+            assert!(err.to_string().contains(flag), "{bad:?}: {err}");
+        }
+        let err = parse_agent(&["--upload-protocol", "otlp"]).unwrap_err().to_string();
+        assert!(err.contains("pyroscope, parca or file"), "{err}");
+    }
+
+    #[test]
+    fn byte_sizes_take_plain_numbers_and_suffixes() {
+        assert_eq!(parse_byte_size("1024"), Ok(1024));
+        assert_eq!(parse_byte_size("256Mi"), Ok(256 << 20));
+        assert_eq!(parse_byte_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_byte_size("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_byte_size(" 4 ki "), Ok(4096));
+        for bad in ["", "0", "Mi", "-1", "1.5Gi", "99999999999Ti"] {
+            assert!(parse_byte_size(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn label_names_follow_prometheus_and_avoid_reserved_ones() {
+        assert_eq!(parse_label("_a1=x"), Ok(("_a1".into(), "x".into())));
+        assert_eq!(parse_label("k=a=b"), Ok(("k".into(), "a=b".into())));
+        for bad in [
+            "novalue",
+            "k=",
+            "=v",
+            "a-b=v",
+            "9a=v",
+            "node=x",
+            "__name__=x",
+            "__meta=x",
+        ] {
+            assert!(parse_label(bad).is_err(), "{bad:?} accepted");
         }
     }
 }

@@ -7,12 +7,18 @@
 //! - [`pprof`] builds profiles, folded stacks and flame graphs;
 //! - [`oneshot`] is `taskprof profile`, built from the modules above.
 
+pub mod agent;
+pub mod agent_config;
 pub mod bpf;
 pub mod cli;
 pub mod config;
+pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod oneshot;
 pub mod pprof;
 pub mod process;
 pub mod profile;
 pub mod symbolize;
 pub mod upload;
+pub mod window;

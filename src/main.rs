@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use clap::Parser;
 
+use taskprof::agent_config::{is_usage_error, AgentConfig};
 use taskprof::cli::{Cli, Command};
-use taskprof::config::{ConfigError, ProfileConfig};
-use taskprof::oneshot;
+use taskprof::config::ProfileConfig;
+use taskprof::{agent, logging, oneshot};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("taskprof: error: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some() {
+            if is_usage_error(&err) {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -26,19 +27,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// A flag set by SIGINT and SIGTERM.
+fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))?;
+    }
+    Ok(stop)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Profile(args) => {
             let config = ProfileConfig::from_args(args)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(signal, Arc::clone(&stop))?;
-            }
+            let stop = stop_flag()?;
             let path = config.output.path().to_path_buf();
             let format = config.format;
             let summary = oneshot::run(config, &stop)?;
             eprintln!("{}", oneshot::summary_line(&summary, &path, format));
             Ok(())
+        }
+        Command::Agent(args) => {
+            let config = AgentConfig::load(args, &|name| std::env::var(name).ok())?;
+            logging::init(config.log_format, &config.log_level)?;
+            let stop = stop_flag()?;
+            agent::run(config, stop)
         }
     }
 }

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use crate::bpf::{ProcessEvent, SampleStats, Sampler, SamplerConfig, Window};
 use crate::config::{OutputFormat, ProfileConfig};
-use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta};
+use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta, SampleLabels};
 use crate::process::{ProcessKey, ProcessTable};
 use crate::profile::symbolize_samples;
 use crate::symbolize::Symbolizer;
@@ -84,6 +84,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         frequency_hz: config.frequency_hz,
         start: started_at,
         duration: sampled_for,
+        sample_labels: SampleLabels::All,
     };
     let bytes = match config.format {
         OutputFormat::Pprof => encode_gzip(&build_profile(&samples, &meta)).context("failed to encode the profile")?,

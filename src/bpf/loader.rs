@@ -237,10 +237,12 @@ impl Sampler {
         let mut open = ProfilerSkelBuilder::default().open(storage).map_err(load_error)?;
         let map_error = |map: &'static str| move |source| SamplerError::Map { map, source };
         for map in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
-            map.set_max_entries(config.stack_map_entries).map_err(map_error("stacks"))?;
+            map.set_max_entries(config.stack_map_entries)
+                .map_err(map_error("stacks"))?;
         }
         for map in [&mut open.maps.counts0, &mut open.maps.counts1] {
-            map.set_max_entries(config.counts_map_entries).map_err(map_error("counts"))?;
+            map.set_max_entries(config.counts_map_entries)
+                .map_err(map_error("counts"))?;
         }
         let filter_len = (config.tgids.len() as u32).max(1);
         open.maps
@@ -394,7 +396,10 @@ impl Sampler {
                 .maps
                 .bss_data
                 .as_deref_mut()
-                .ok_or_else(|| SamplerError::Map { map: ".bss", source: libbpf_rs::Error::from_raw_os_error(libc::ENOENT) })?;
+                .ok_or_else(|| SamplerError::Map {
+                    map: ".bss",
+                    source: libbpf_rs::Error::from_raw_os_error(libc::ENOENT),
+                })?;
             // SAFETY: `generation` lives in the mmapped .bss shared with the
             // BPF program; a volatile store makes the write visible to it.
             unsafe { std::ptr::write_volatile(&mut bss.generation, new) };
@@ -414,7 +419,10 @@ impl Sampler {
         clear_map(counts, "counts")?;
         clear_map(stacks, "stacks")?;
         let stat_max = types::stat_index::STAT_MAX.0;
-        let zeros = vec![0u8.to_ne_bytes().repeat(8); libbpf_rs::num_possible_cpus().map_err(|source| SamplerError::Map { map: "stats", source })?];
+        let zeros = vec![
+            0u8.to_ne_bytes().repeat(8);
+            libbpf_rs::num_possible_cpus().map_err(|source| SamplerError::Map { map: "stats", source })?
+        ];
         for index in 0..stat_max {
             let key = (old * stat_max + index).to_ne_bytes();
             self.skel

@@ -21,6 +21,20 @@ pub struct ProfileMeta {
     pub start: SystemTime,
     /// How long sampling ran.
     pub duration: Duration,
+    /// Which labels each sample carries.
+    pub sample_labels: SampleLabels,
+}
+
+/// Labels on each pprof sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SampleLabels {
+    /// `pid`, `tid`, `thread_name` and `process_name`: for profiles a person
+    /// opens, where one file holds many processes.
+    All,
+    /// `thread_name` only: for uploads, where the process is a series label
+    /// and backends such as Pyroscope make every sample label its own
+    /// series dimension, so thread ids would explode cardinality.
+    ThreadName,
 }
 
 impl ProfileMeta {

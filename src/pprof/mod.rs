@@ -12,7 +12,7 @@ pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
 }
 
-pub use builder::{build_profile, decode_gzip, encode_gzip, ProfileMeta};
+pub use builder::{build_profile, decode_gzip, encode_gzip, ProfileMeta, SampleLabels};
 pub use check::check_profile;
 pub use folded::{folded_lines, write_flamegraph};
 
@@ -99,6 +99,7 @@ mod tests {
             frequency_hz: 100,
             start: UNIX_EPOCH + Duration::from_secs(5),
             duration: Duration::from_secs(2),
+            sample_labels: SampleLabels::All,
         }
     }
 

@@ -201,6 +201,38 @@ impl Symbolizer {
         self.user.extend(entries);
     }
 
+    /// Drops everything cached for files that are about to be closed and for
+    /// processes that are gone, so a long-running agent stays bounded. Must
+    /// run before the files' handles close: the handle path may be reused by
+    /// the next file opened.
+    pub fn forget(&mut self, objects: &[(FileKey, PathBuf)], tgids: &[u32]) {
+        if !objects.is_empty() {
+            let keys: rustc_hash::FxHashSet<FileKey> = objects.iter().map(|(key, _)| *key).collect();
+            self.user.retain(|(key, _), _| !keys.contains(key));
+            for (_, path) in objects {
+                let _ = self
+                    .blaze
+                    .evict(&blazesym::symbolize::evict::Elf::new(path.clone()).into());
+            }
+            // Functions only the intern table still holds.
+            self.functions.retain(|_, shared| Arc::strong_count(shared) > 1);
+        }
+        for tgid in tgids {
+            self.perf_maps.remove(tgid);
+        }
+    }
+
+    /// Forgets parsed perf maps: JIT runtimes append to them, so a
+    /// long-running agent re-reads them each window.
+    pub fn reload_perf_maps(&mut self) {
+        self.perf_maps.clear();
+    }
+
+    /// Entries in the address caches (user and kernel), for bounds checks.
+    pub fn cached_addresses(&self) -> usize {
+        self.user.len() + self.kernel.len()
+    }
+
     /// The cached frames for a file offset (after [`Symbolizer::symbolize_object`]).
     pub fn object_lines(&self, key: FileKey, offset: u64) -> Option<Lines> {
         self.user.get(&(key, offset)).cloned()

@@ -1,0 +1,143 @@
+//! `taskprof agent`: sample all the time, cut the sampling into windows,
+//! and hand each window's profiles to the delivery worker. Sampling and
+//! symbolization run on this thread; uploads, the spool and the metrics
+//! endpoint run on a small tokio runtime, so a slow backend never stalls
+//! sampling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+
+use crate::agent_config::AgentConfig;
+use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig};
+use crate::metrics::Metrics;
+use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
+use crate::window::{SeriesLabels, WindowProcessor};
+
+/// Runs the agent until `stop` is set (by SIGTERM or SIGINT), then closes
+/// the current window early, delivers it and flushes the queue within the
+/// shutdown grace; what is still undelivered then stays in the spool.
+pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("taskprof-io")
+        .enable_all()
+        .build()
+        .context("failed to start the I/O runtime")?;
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (metrics_address, _server) = runtime.block_on(crate::http::serve(
+        config.metrics_address,
+        metrics.clone(),
+        Arc::clone(&ready),
+    ))?;
+
+    if config.upload.tls_insecure_skip_verify {
+        tracing::warn!(
+            "--tls-insecure-skip-verify is set: server certificates are NOT checked, \
+             so anyone on the network path can read or alter profiles and credentials"
+        );
+    }
+    let uploader = build_uploader(&config.upload, metrics.clone())?;
+    let spool = Spool::open(&config.spool, metrics.clone())?;
+    let options = DeliveryOptions {
+        queue_capacity: config.queue_capacity,
+        ..DeliveryOptions::for_window(config.window)
+    };
+    let (delivery, worker) = {
+        let _guard = runtime.enter();
+        Delivery::start(uploader, spool, metrics.clone(), options)
+    };
+
+    let cpus = online_cpu_count().context("failed to count the online CPUs")?;
+    let mut sampler_config = SamplerConfig::sized_for(config.frequency_hz, config.window.as_secs().max(1), cpus as u64);
+    sampler_config.tgids = config.pids.clone();
+    sampler_config.verifier_log = config.verifier_log;
+    let mut sampler = Sampler::start(sampler_config)?;
+    ready.store(true, Ordering::SeqCst);
+    metrics.set_ready(true);
+    tracing::info!(
+        frequency_hz = config.frequency_hz,
+        window = %humantime::format_duration(config.window),
+        protocol = ?config.upload.protocol,
+        metrics = %metrics_address,
+        "sampling"
+    );
+
+    let labels = SeriesLabels {
+        service_name: config.service_name.clone(),
+        node: config.node_name.clone(),
+        extra: config.labels.clone(),
+    };
+    let mut processor = WindowProcessor::new(config.frequency_hz, labels);
+    let mut totals = SampleStats::default();
+    loop {
+        let start = SystemTime::now();
+        let started = Instant::now();
+        while started.elapsed() < config.window && !stop.load(Ordering::Relaxed) {
+            let wait = config
+                .window
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_millis(100));
+            processor.on_events(sampler.process_events(wait));
+        }
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping {
+            // Nothing is sampled after the last drain.
+            sampler.stop();
+        }
+        processor.on_events(sampler.process_events(Duration::ZERO));
+        let window = sampler.drain_window().context("failed to read the window's samples")?;
+        let end = SystemTime::now();
+        let (batch, report) = processor.finish_window(&window, start, end);
+        let span = tracing::info_span!("window", sequence = batch.sequence);
+        let _entered = span.enter();
+
+        totals.add(&window.stats);
+        record_window(&metrics, &totals, &processor);
+        tracing::info!(
+            samples = window.stats.samples,
+            in_profiles = report.samples,
+            lost = window.stats.lost(),
+            profiles = batch.profiles.len(),
+            forgotten_processes = report.forgotten,
+            tracked_processes = processor.tracked_processes(),
+            "window closed"
+        );
+        delivery.submit(batch);
+        if stopping {
+            break;
+        }
+    }
+
+    ready.store(false, Ordering::SeqCst);
+    metrics.set_ready(false);
+    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "stopping: flushing uploads");
+    let summary = runtime.block_on(delivery.shutdown(config.shutdown_grace));
+    let _ = runtime.block_on(worker);
+    tracing::info!(
+        samples = totals.samples,
+        lost = totals.lost(),
+        summary = ?summary,
+        "stopped"
+    );
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Publishes the running totals: BPF counters are absolute, so the metrics
+/// are set from them rather than incremented.
+fn record_window(metrics: &Metrics, totals: &SampleStats, processor: &WindowProcessor) {
+    metrics.windows.inc();
+    metrics.set_samples_total(totals.samples);
+    metrics.set_samples_lost_total("counts_map_full", totals.lost_counts_full);
+    metrics.set_samples_lost_total("other", totals.lost_other);
+    metrics.set_stacks_lost_total("user_stacks_map_full", totals.user_stack_map_full);
+    metrics.set_stacks_lost_total("user_capture_error", totals.user_stack_error);
+    metrics.set_stacks_lost_total("kernel_stacks_map_full", totals.kernel_stack_map_full);
+    metrics.set_stacks_lost_total("kernel_capture_error", totals.kernel_stack_error);
+    metrics.set_symbolization_failures_total(processor.symbolization_failures());
+    metrics.tracked_processes.set(processor.tracked_processes() as i64);
+}

@@ -1,0 +1,318 @@
+//! The agent's own Prometheus metrics: what it sampled, what it lost and
+//! why, and how delivery to the backend is going. Everything lives in one
+//! [`Metrics`] value that is cheap to clone and is handed to each part of
+//! the agent; [`crate::http`] serves it as OpenMetrics text.
+//!
+//! BPF keeps its own running totals, so the counters fed from it are set
+//! from absolute values ([`Metrics::set_samples_total`] and friends) rather
+//! than incremented, and they never go backwards.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+/// The label of the loss counters: why samples or stacks were lost.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// A short, fixed reason such as `ringbuf_full` or `map_full`.
+    pub cause: String,
+}
+
+/// The agent's metrics. Clones share the same values.
+///
+/// Each field is a live handle: incrementing it is visible in the next
+/// [`Metrics::encode`].
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// `taskprof_samples_total`: samples taken by BPF.
+    pub samples: Counter,
+    /// `taskprof_samples_lost_total{cause}`: samples BPF could not record.
+    pub samples_lost: Family<CauseLabels, Counter>,
+    /// `taskprof_stacks_lost_total{cause}`: stacks that could not be read or stored.
+    pub stacks_lost: Family<CauseLabels, Counter>,
+    /// `taskprof_windows_total`: profiling windows closed (counted by the agent's window loop).
+    pub windows: Counter,
+    /// `taskprof_profiles_uploaded_total`: profiles the backend accepted.
+    pub profiles_uploaded: Counter,
+    /// `taskprof_profiles_retried_total`: profile sends that were attempts after the first.
+    pub profiles_retried: Counter,
+    /// `taskprof_profiles_failed_total`: profiles that will never be delivered,
+    /// because the backend rejected them or the spool evicted them.
+    pub profiles_failed: Counter,
+    /// `taskprof_profiles_spooled_total`: profiles written to the on-disk spool.
+    pub profiles_spooled: Counter,
+    /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
+    pub spool_evictions: Counter,
+    /// `taskprof_spool_bytes`: current size of the spool.
+    pub spool_bytes: Gauge,
+    /// `taskprof_spool_windows`: windows currently waiting in the spool.
+    pub spool_windows: Gauge,
+    /// `taskprof_upload_duration_seconds`: duration of each upload request.
+    pub upload_duration: Histogram,
+    /// `taskprof_symbolization_failures_total`: addresses that could not be symbolized.
+    pub symbolization_failures: Counter,
+    /// `taskprof_tracked_processes`: processes whose mappings are being tracked.
+    pub tracked_processes: Gauge,
+    /// `taskprof_ready`: 1 once the agent samples and delivers, else 0.
+    pub ready: Gauge,
+}
+
+impl Metrics {
+    /// Creates all metrics at zero and registers them.
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        // Counters are registered without `_total` and units without their
+        // suffix: the encoder appends both.
+        Metrics {
+            samples: register(
+                &mut r,
+                "taskprof_samples",
+                "Samples taken by BPF",
+                None,
+                Counter::default(),
+            ),
+            samples_lost: register(
+                &mut r,
+                "taskprof_samples_lost",
+                "Samples BPF could not record, by cause",
+                None,
+                Family::default(),
+            ),
+            stacks_lost: register(
+                &mut r,
+                "taskprof_stacks_lost",
+                "Stacks that could not be read or stored, by cause",
+                None,
+                Family::default(),
+            ),
+            windows: register(
+                &mut r,
+                "taskprof_windows",
+                "Profiling windows closed",
+                None,
+                Counter::default(),
+            ),
+            profiles_uploaded: register(
+                &mut r,
+                "taskprof_profiles_uploaded",
+                "Profiles the backend accepted",
+                None,
+                Counter::default(),
+            ),
+            profiles_retried: register(
+                &mut r,
+                "taskprof_profiles_retried",
+                "Profile sends that repeated an earlier failed send",
+                None,
+                Counter::default(),
+            ),
+            profiles_failed: register(
+                &mut r,
+                "taskprof_profiles_failed",
+                "Profiles that will never be delivered: rejected by the backend or evicted from the spool",
+                None,
+                Counter::default(),
+            ),
+            profiles_spooled: register(
+                &mut r,
+                "taskprof_profiles_spooled",
+                "Profiles written to the on-disk spool",
+                None,
+                Counter::default(),
+            ),
+            spool_evictions: register(
+                &mut r,
+                "taskprof_spool_evictions",
+                "Spooled windows evicted to keep the spool within its size bound",
+                None,
+                Counter::default(),
+            ),
+            spool_bytes: register(
+                &mut r,
+                "taskprof_spool",
+                "Current size of the on-disk spool",
+                Some(Unit::Bytes),
+                Gauge::default(),
+            ),
+            spool_windows: register(
+                &mut r,
+                "taskprof_spool_windows",
+                "Windows currently waiting in the on-disk spool",
+                None,
+                Gauge::default(),
+            ),
+            upload_duration: register(
+                &mut r,
+                "taskprof_upload_duration",
+                "Duration of each upload request",
+                Some(Unit::Seconds),
+                // 5 ms to about 80 s: a local backend answers in milliseconds,
+                // a congested one close to the request timeout.
+                Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            ),
+            symbolization_failures: register(
+                &mut r,
+                "taskprof_symbolization_failures",
+                "Addresses that could not be symbolized",
+                None,
+                Counter::default(),
+            ),
+            tracked_processes: register(
+                &mut r,
+                "taskprof_tracked_processes",
+                "Processes whose mappings are being tracked",
+                None,
+                Gauge::default(),
+            ),
+            ready: register(
+                &mut r,
+                "taskprof_ready",
+                "1 once the agent samples and delivers, else 0",
+                None,
+                Gauge::default(),
+            ),
+            registry: Arc::new(r),
+        }
+    }
+
+    /// Raises `taskprof_samples_total` to an absolute total read from BPF.
+    /// A total lower than the current value is ignored.
+    pub fn set_samples_total(&self, total: u64) {
+        raise_to(&self.samples, total);
+    }
+
+    /// Raises `taskprof_samples_lost_total{cause}` to an absolute total.
+    pub fn set_samples_lost_total(&self, cause: &str, total: u64) {
+        raise_to(&self.samples_lost.get_or_create(&cause_labels(cause)), total);
+    }
+
+    /// Raises `taskprof_stacks_lost_total{cause}` to an absolute total.
+    pub fn set_stacks_lost_total(&self, cause: &str, total: u64) {
+        raise_to(&self.stacks_lost.get_or_create(&cause_labels(cause)), total);
+    }
+
+    /// Raises `taskprof_symbolization_failures_total` to an absolute total.
+    pub fn set_symbolization_failures_total(&self, total: u64) {
+        raise_to(&self.symbolization_failures, total);
+    }
+
+    /// Adds to `taskprof_samples_lost_total{cause}`.
+    pub fn add_samples_lost(&self, cause: &str, count: u64) {
+        self.samples_lost.get_or_create(&cause_labels(cause)).inc_by(count);
+    }
+
+    /// Adds to `taskprof_stacks_lost_total{cause}`.
+    pub fn add_stacks_lost(&self, cause: &str, count: u64) {
+        self.stacks_lost.get_or_create(&cause_labels(cause)).inc_by(count);
+    }
+
+    /// Sets `taskprof_ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The complete exposition in OpenMetrics text format, `# EOF` included.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail; an error here would be a bug in a
+        // metric's encoder, and a partial page is better than none.
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %err, "failed to encode the metrics");
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Registers a metric and hands back a handle to it.
+fn register<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, metric: M) -> M {
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, metric.clone()),
+        None => registry.register(name, help, metric.clone()),
+    }
+    metric
+}
+
+fn cause_labels(cause: &str) -> CauseLabels {
+    CauseLabels {
+        cause: cause.to_string(),
+    }
+}
+
+/// Moves a counter up to `total`. `fetch_max` keeps it monotonic and exact
+/// even when two threads report totals at once.
+fn raise_to(counter: &Counter, total: u64) {
+    counter.inner().fetch_max(total, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_metric_with_its_openmetrics_name() {
+        let metrics = Metrics::new();
+        metrics.set_samples_total(10);
+        metrics.set_samples_lost_total("ringbuf_full", 3);
+        metrics.add_stacks_lost("map_full", 2);
+        metrics.upload_duration.observe(0.01);
+        metrics.spool_bytes.set(42);
+        let text = metrics.encode();
+        for expected in [
+            "taskprof_samples_total 10",
+            "taskprof_samples_lost_total{cause=\"ringbuf_full\"} 3",
+            "taskprof_stacks_lost_total{cause=\"map_full\"} 2",
+            "taskprof_windows_total 0",
+            "taskprof_profiles_uploaded_total 0",
+            "taskprof_profiles_retried_total 0",
+            "taskprof_profiles_failed_total 0",
+            "taskprof_profiles_spooled_total 0",
+            "taskprof_spool_evictions_total 0",
+            "taskprof_spool_bytes 42",
+            "taskprof_spool_windows 0",
+            "taskprof_upload_duration_seconds_count 1",
+            "taskprof_symbolization_failures_total 0",
+            "taskprof_tracked_processes 0",
+            "taskprof_ready 0",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn absolute_totals_never_move_a_counter_backwards() {
+        let metrics = Metrics::new();
+        metrics.set_samples_total(100);
+        metrics.set_samples_total(40);
+        assert_eq!(metrics.samples.get(), 100);
+        metrics.set_samples_total(150);
+        assert_eq!(metrics.samples.get(), 150);
+    }
+
+    #[test]
+    fn clones_share_values() {
+        let metrics = Metrics::new();
+        let clone = metrics.clone();
+        clone.windows.inc();
+        assert!(metrics.encode().contains("taskprof_windows_total 1"));
+    }
+}

@@ -1,0 +1,766 @@
+//! The on-disk spool: windows that could not be delivered yet, one file
+//! each, kept across restarts and replayed oldest first.
+//!
+//! Files are named `{sequence:020}.batch`, so the directory's lexical order
+//! is the windows' order. Each is written aside and renamed into place, so a
+//! crash leaves either the old file or the new one. The size of the whole
+//! spool is bounded: to make room, the oldest windows are evicted first,
+//! since the newest data is the most useful once the backend is back.
+//!
+//! A file is a small binary record, little-endian throughout:
+//!
+//! ```text
+//! magic "TPSPOOL\0" | version u32 (1) | sequence u64
+//! start secs u64 | start nanos u32 | end secs u64 | end nanos u32
+//! profile count u32, then per profile:
+//!     label count u32, then per label: name len u32, name, value len u32, value
+//!     samples u64 | pprof len u64 | pprof bytes
+//! CRC-32 of everything above, u32
+//! ```
+//!
+//! The header carries the profile count so that opening the spool reads
+//! only headers; the checksum is verified when a window is read back. Files
+//! that fail either check are renamed to `*.corrupt` and skipped, never
+//! deleted, so that someone can look at them.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::durable::{write_atomically, TEMP_SUFFIX};
+use super::{Batch, SeriesProfile, SpoolConfig};
+use crate::metrics::Metrics;
+
+const MAGIC: &[u8; 8] = b"TPSPOOL\0";
+const VERSION: u32 = 1;
+/// Bytes before the first profile.
+const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4 + 8 + 4 + 4;
+const EXTENSION: &str = ".batch";
+const QUARANTINE_SUFFIX: &str = ".corrupt";
+
+/// A spool operation that failed on the file system.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The spool directory could not be created.
+    #[error("failed to create the spool directory `{path}`: {error}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+    /// The spool directory could not be listed.
+    #[error("failed to list the spool directory `{path}`: {error}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+    /// A spooled window could not be read.
+    #[error("failed to read the spool file `{path}`: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+    /// A window could not be written.
+    #[error("failed to write the spool file `{path}`: {error}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+    /// A delivered window could not be removed.
+    #[error("failed to remove the spool file `{path}`: {error}")]
+    Remove {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        error: io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    bytes: u64,
+    profiles: u64,
+}
+
+/// Windows waiting on disk for the backend, bounded in total size.
+#[derive(Debug)]
+pub struct Spool {
+    dir: PathBuf,
+    max_bytes: u64,
+    entries: BTreeMap<u64, Entry>,
+    total_bytes: u64,
+    evictions: u64,
+    metrics: Metrics,
+}
+
+impl Spool {
+    /// Opens the spool in `config.dir`, creating the directory if needed.
+    ///
+    /// Windows left by an earlier run are picked up; stale temporary files
+    /// are deleted; files with a bad header are quarantined with a warning.
+    /// If the windows found exceed `config.max_bytes`, the oldest are evicted.
+    pub fn open(config: &SpoolConfig, metrics: Metrics) -> Result<Spool, SpoolError> {
+        let dir = config.dir.clone();
+        fs::create_dir_all(&dir).map_err(|error| SpoolError::CreateDir {
+            path: dir.clone(),
+            error,
+        })?;
+        let mut spool = Spool {
+            dir,
+            max_bytes: config.max_bytes,
+            entries: BTreeMap::new(),
+            total_bytes: 0,
+            evictions: 0,
+            metrics,
+        };
+        spool.scan()?;
+        while spool.total_bytes > spool.max_bytes {
+            let Some(oldest) = spool.oldest_sequence() else { break };
+            spool.evict(oldest, "the spool is larger than its size bound");
+        }
+        spool.update_gauges();
+        if !spool.entries.is_empty() {
+            tracing::info!(
+                dir = %spool.dir.display(),
+                windows = spool.entries.len(),
+                bytes = spool.total_bytes,
+                "the spool holds windows from an earlier run; they are delivered first"
+            );
+        }
+        Ok(spool)
+    }
+
+    fn scan(&mut self) -> Result<(), SpoolError> {
+        let listing = fs::read_dir(&self.dir).map_err(|error| SpoolError::ReadDir {
+            path: self.dir.clone(),
+            error,
+        })?;
+        for item in listing {
+            let item = item.map_err(|error| SpoolError::ReadDir {
+                path: self.dir.clone(),
+                error,
+            })?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let path = item.path();
+            if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) {
+                // A write interrupted by a crash; the window it belonged to
+                // is either complete under its real name or was never kept.
+                if let Err(err) = fs::remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %err, "failed to delete a stale spool temporary file");
+                }
+                continue;
+            }
+            let Some(sequence) = sequence_of(name) else { continue };
+            match read_header(&path) {
+                Ok((header_sequence, profiles)) if header_sequence == sequence => {
+                    let bytes = item.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.entries.insert(sequence, Entry { bytes, profiles });
+                    self.total_bytes += bytes;
+                }
+                Ok(_) => quarantine(&path, "its sequence does not match its name"),
+                Err(reason) => quarantine(&path, &reason),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps `batch` (or replaces the spooled window of the same sequence,
+    /// such as a window now only partly undelivered).
+    ///
+    /// Returns whether the batch was kept: to stay within `max_bytes`, the
+    /// oldest windows are evicted first, and when the batch itself is the
+    /// oldest left it is the one not kept. A batch without profiles needs no
+    /// keeping.
+    pub fn push(&mut self, batch: &Batch) -> Result<bool, SpoolError> {
+        let sequence = batch.sequence;
+        let replaced = self.entries.get(&sequence).copied();
+        if batch.profiles.is_empty() {
+            if replaced.is_some() {
+                self.remove(sequence)?;
+            }
+            return Ok(true);
+        }
+        let bytes = encode(batch);
+        let size = bytes.len() as u64;
+        // A window larger than the whole bound could never be kept, and must
+        // not empty the spool trying.
+        let mut keep = size <= self.max_bytes;
+        let mut victims = Vec::new();
+        if keep {
+            let mut total = self.total_bytes - replaced.map_or(0, |e| e.bytes) + size;
+            for (&candidate, entry) in &self.entries {
+                if total <= self.max_bytes {
+                    break;
+                }
+                if candidate > sequence {
+                    // Everything older is gone and it still does not fit:
+                    // the new window is now the oldest, so it goes.
+                    keep = false;
+                    break;
+                }
+                if candidate != sequence {
+                    total -= entry.bytes;
+                    victims.push(candidate);
+                }
+            }
+        }
+        for victim in victims {
+            self.evict(victim, "the spool is full");
+        }
+        if !keep {
+            if replaced.is_some() {
+                // The older copy holds nothing undelivered beyond this batch.
+                if let Err(err) = self.remove(sequence) {
+                    tracing::warn!(error = %err, "failed to delete a superseded spool file");
+                }
+            }
+            self.evictions += 1;
+            self.metrics.spool_evictions.inc();
+            self.metrics.profiles_failed.inc_by(batch.profiles.len() as u64);
+            tracing::warn!(
+                sequence,
+                profiles = batch.profiles.len(),
+                bytes = size,
+                max_bytes = self.max_bytes,
+                "the spool has no room for this window, the oldest it would hold: dropped it"
+            );
+            return Ok(false);
+        }
+        let path = self.path_of(sequence);
+        write_atomically(&path, &bytes).map_err(|error| SpoolError::Write { path, error })?;
+        let entry = Entry {
+            bytes: size,
+            profiles: batch.profiles.len() as u64,
+        };
+        if let Some(old) = self.entries.insert(sequence, entry) {
+            self.total_bytes -= old.bytes;
+        } else {
+            self.metrics.profiles_spooled.inc_by(entry.profiles);
+        }
+        self.total_bytes += size;
+        self.update_gauges();
+        Ok(true)
+    }
+
+    /// Reads back the oldest window, or `None` when the spool is empty.
+    /// Corrupt files met on the way are quarantined and skipped.
+    pub fn oldest(&mut self) -> Result<Option<Batch>, SpoolError> {
+        while let Some((&sequence, &entry)) = self.entries.first_key_value() {
+            let path = self.path_of(sequence);
+            let bytes = match fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), "a spooled window disappeared from disk");
+                    self.forget(sequence);
+                    self.metrics.profiles_failed.inc_by(entry.profiles);
+                    continue;
+                }
+                Err(error) => return Err(SpoolError::Read { path, error }),
+            };
+            match decode(&bytes) {
+                Ok(batch) if batch.sequence == sequence => return Ok(Some(batch)),
+                Ok(_) => quarantine(&path, "its sequence does not match its name"),
+                Err(reason) => quarantine(&path, &reason),
+            }
+            self.forget(sequence);
+            self.metrics.profiles_failed.inc_by(entry.profiles);
+        }
+        Ok(None)
+    }
+
+    /// The sequence of the oldest window, without reading it.
+    pub fn oldest_sequence(&self) -> Option<u64> {
+        self.entries.keys().next().copied()
+    }
+
+    /// Deletes a window, once delivered. Removing one that is not there is
+    /// not an error. The window leaves the spool's index even when its file
+    /// cannot be deleted, so that it is not delivered again in this run.
+    pub fn remove(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        let path = self.path_of(sequence);
+        self.forget(sequence);
+        match fs::remove_file(&path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(SpoolError::Remove { path, error }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Bytes used by the spooled windows.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Number of spooled windows.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no window waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Windows evicted (or not kept) since the spool was opened.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, sequence: u64) -> PathBuf {
+        self.dir.join(format!("{sequence:020}{EXTENSION}"))
+    }
+
+    /// Drops a window to make room, counting its profiles as lost.
+    fn evict(&mut self, sequence: u64, why: &str) {
+        let Some(entry) = self.entries.get(&sequence).copied() else {
+            return;
+        };
+        let path = self.path_of(sequence);
+        if let Err(err) = fs::remove_file(&path) {
+            if err.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %err, "failed to delete an evicted spool file");
+            }
+        }
+        self.forget(sequence);
+        self.evictions += 1;
+        self.metrics.spool_evictions.inc();
+        self.metrics.profiles_failed.inc_by(entry.profiles);
+        tracing::warn!(
+            sequence,
+            profiles = entry.profiles,
+            bytes = entry.bytes,
+            max_bytes = self.max_bytes,
+            "{why}: evicted the oldest spooled window"
+        );
+        self.update_gauges();
+    }
+
+    fn forget(&mut self, sequence: u64) {
+        if let Some(entry) = self.entries.remove(&sequence) {
+            self.total_bytes -= entry.bytes;
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        self.metrics
+            .spool_bytes
+            .set(i64::try_from(self.total_bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .spool_windows
+            .set(i64::try_from(self.entries.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The sequence in a spool file name, if it is one.
+fn sequence_of(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(EXTENSION)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Moves a bad file out of the way, keeping it for inspection.
+fn quarantine(path: &Path, reason: &str) {
+    let mut target = path.as_os_str().to_owned();
+    target.push(QUARANTINE_SUFFIX);
+    match fs::rename(path, &target) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            reason,
+            "a spool file is corrupt; it was renamed to *{QUARANTINE_SUFFIX} and skipped"
+        ),
+        Err(err) => tracing::warn!(
+            path = %path.display(),
+            reason,
+            error = %err,
+            "a spool file is corrupt and could not be renamed; it is skipped"
+        ),
+    }
+}
+
+/// The sequence and profile count from a file's header.
+fn read_header(path: &Path) -> Result<(u64, u64), String> {
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    File::open(path)
+        .and_then(|file| file.take(HEADER_LEN as u64).read_to_end(&mut header))
+        .map_err(|err| format!("cannot read its header: {err}"))?;
+    let mut reader = Reader::new(&header);
+    let header = reader.header()?;
+    Ok((header.sequence, header.profiles))
+}
+
+fn encode(batch: &Batch) -> Vec<u8> {
+    let payload: usize = batch
+        .profiles
+        .iter()
+        .map(|p| 24 + p.pprof_gz.len() + p.labels.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>())
+        .sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + payload + 4);
+    let (start_secs, start_nanos) = split_time(batch.start);
+    let (end_secs, end_nanos) = split_time(batch.end);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&batch.sequence.to_le_bytes());
+    out.extend_from_slice(&start_secs.to_le_bytes());
+    out.extend_from_slice(&start_nanos.to_le_bytes());
+    out.extend_from_slice(&end_secs.to_le_bytes());
+    out.extend_from_slice(&end_nanos.to_le_bytes());
+    out.extend_from_slice(&len_u32(batch.profiles.len()).to_le_bytes());
+    for profile in &batch.profiles {
+        out.extend_from_slice(&len_u32(profile.labels.len()).to_le_bytes());
+        for (name, value) in &profile.labels {
+            for text in [name, value] {
+                out.extend_from_slice(&len_u32(text.len()).to_le_bytes());
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        out.extend_from_slice(&profile.samples.to_le_bytes());
+        out.extend_from_slice(&(profile.pprof_gz.len() as u64).to_le_bytes());
+        out.extend_from_slice(&profile.pprof_gz);
+    }
+    let crc = checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// A length as stored. Nothing taskprof makes comes near 4 GiB per label or
+/// 4 G labels; saturating keeps the encoder total rather than panicking.
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn decode(bytes: &[u8]) -> Result<Batch, String> {
+    let Some(body_len) = bytes.len().checked_sub(4) else {
+        return Err("it is too short".to_string());
+    };
+    let (body, stored_crc) = bytes.split_at(body_len);
+    let stored_crc = u32::from_le_bytes(stored_crc.try_into().map_err(|_| "it is too short")?);
+    if checksum(body) != stored_crc {
+        return Err("its checksum does not match (truncated or damaged)".to_string());
+    }
+    let mut reader = Reader::new(body);
+    let header = reader.header()?;
+    let mut profiles = Vec::new();
+    for _ in 0..header.profiles {
+        let label_count = reader.u32()?;
+        let mut labels = Vec::new();
+        for _ in 0..label_count {
+            let name = reader.text()?;
+            let value = reader.text()?;
+            labels.push((name, value));
+        }
+        let samples = reader.u64()?;
+        let pprof_len = usize::try_from(reader.u64()?).map_err(|_| "a profile length is too large")?;
+        let pprof_gz = reader.take(pprof_len)?.to_vec();
+        profiles.push(SeriesProfile {
+            labels,
+            pprof_gz,
+            samples,
+        });
+    }
+    if !reader.rest.is_empty() {
+        return Err("it has trailing bytes".to_string());
+    }
+    Ok(Batch {
+        sequence: header.sequence,
+        start: header.start,
+        end: header.end,
+        profiles,
+    })
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(bytes);
+    crc.sum()
+}
+
+fn split_time(time: SystemTime) -> (u64, u32) {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (since.as_secs(), since.subsec_nanos())
+}
+
+struct Header {
+    sequence: u64,
+    start: SystemTime,
+    end: SystemTime,
+    profiles: u64,
+}
+
+/// Reads a spool file front to back; every read is bounds-checked, since a
+/// damaged file may claim any length.
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { rest: bytes }
+    }
+
+    fn take(&mut self, len: usize) -> Result<&'a [u8], String> {
+        if len > self.rest.len() {
+            return Err("it ends early".to_string());
+        }
+        let (taken, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let bytes = self.take(N)?;
+        let mut array = [0; N];
+        array.copy_from_slice(bytes);
+        Ok(array)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn time(&mut self) -> Result<SystemTime, String> {
+        let secs = self.u64()?;
+        let nanos = self.u32()?;
+        if nanos >= 1_000_000_000 {
+            return Err("a time is out of range".to_string());
+        }
+        UNIX_EPOCH
+            .checked_add(Duration::new(secs, nanos))
+            .ok_or_else(|| "a time is out of range".to_string())
+    }
+
+    fn text(&mut self) -> Result<String, String> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "a label is not UTF-8".to_string())
+    }
+
+    fn header(&mut self) -> Result<Header, String> {
+        if self.array::<8>()? != *MAGIC {
+            return Err("it is not a taskprof spool file".to_string());
+        }
+        let version = self.u32()?;
+        if version != VERSION {
+            return Err(format!("its format version {version} is not {VERSION}"));
+        }
+        Ok(Header {
+            sequence: self.u64()?,
+            start: self.time()?,
+            end: self.time()?,
+            profiles: u64::from(self.u32()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(sequence: u64, profiles: usize, bytes_each: usize) -> Batch {
+        Batch {
+            sequence,
+            start: UNIX_EPOCH + Duration::new(1_700_000_000 + sequence, 123_456_789),
+            end: UNIX_EPOCH + Duration::new(1_700_000_010 + sequence, 5),
+            profiles: (0..profiles)
+                .map(|i| SeriesProfile {
+                    labels: vec![
+                        ("service_name".to_string(), format!("svc-é-{i}")),
+                        ("pid".to_string(), i.to_string()),
+                    ],
+                    pprof_gz: vec![i as u8; bytes_each],
+                    samples: 10 + i as u64,
+                })
+                .collect(),
+        }
+    }
+
+    fn open(dir: &Path, max_bytes: u64) -> (Spool, Metrics) {
+        let metrics = Metrics::new();
+        let config = SpoolConfig {
+            dir: dir.to_path_buf(),
+            max_bytes,
+        };
+        (Spool::open(&config, metrics.clone()).expect("open spool"), metrics)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn batches_round_trip_through_disk_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let original = batch(42, 3, 100);
+        {
+            let (mut spool, metrics) = open(dir.path(), 1 << 20);
+            assert!(spool.push(&original).expect("push"));
+            assert_eq!(metrics.profiles_spooled.get(), 3);
+            assert_eq!(
+                spool.total_bytes(),
+                fs::metadata(spool.path_of(42)).expect("file").len()
+            );
+        }
+        let (mut spool, metrics) = open(dir.path(), 1 << 20);
+        assert_eq!(spool.len(), 1);
+        assert!(metrics.encode().contains("taskprof_spool_windows 1"));
+        assert_eq!(spool.oldest().expect("read"), Some(original));
+        spool.remove(42).expect("remove");
+        assert!(spool.is_empty());
+        assert_eq!(spool.total_bytes(), 0);
+        assert!(names(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn lexical_order_is_sequence_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut spool, _) = open(dir.path(), 1 << 20);
+        for sequence in [100, 9, 1_000_000, 10] {
+            spool.push(&batch(sequence, 1, 10)).expect("push");
+        }
+        assert_eq!(
+            names(dir.path()),
+            vec![
+                "00000000000000000009.batch",
+                "00000000000000000010.batch",
+                "00000000000000000100.batch",
+                "00000000000001000000.batch",
+            ]
+        );
+        let mut seen = Vec::new();
+        while let Some(b) = spool.oldest().expect("read") {
+            seen.push(b.sequence);
+            spool.remove(b.sequence).expect("remove");
+        }
+        assert_eq!(seen, vec![9, 10, 100, 1_000_000]);
+    }
+
+    #[test]
+    fn the_oldest_windows_are_evicted_to_respect_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = encode(&batch(1, 1, 1000)).len() as u64;
+        let (mut spool, metrics) = open(dir.path(), size * 3);
+        for sequence in 1..=5 {
+            assert!(spool.push(&batch(sequence, 1, 1000)).expect("push"));
+            assert!(spool.total_bytes() <= size * 3);
+        }
+        assert_eq!(spool.len(), 3);
+        assert_eq!(spool.oldest_sequence(), Some(3));
+        assert_eq!(spool.evictions(), 2);
+        assert_eq!(metrics.spool_evictions.get(), 2);
+        assert_eq!(metrics.profiles_failed.get(), 2);
+
+        // An older window arriving at a full spool is the one not kept.
+        assert!(!spool.push(&batch(2, 1, 1000)).expect("push"));
+        assert_eq!(spool.oldest_sequence(), Some(3));
+        // One larger than the whole bound is not kept either.
+        assert!(!spool.push(&batch(9, 1, 5000)).expect("push"));
+        assert_eq!(spool.len(), 3);
+        assert_eq!(metrics.spool_evictions.get(), 4);
+    }
+
+    #[test]
+    fn replacing_a_window_keeps_the_accounting_right() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut spool, metrics) = open(dir.path(), 1 << 20);
+        spool.push(&batch(5, 4, 100)).expect("push");
+        let mut rest = batch(5, 4, 100);
+        rest.profiles.drain(..3);
+        spool.push(&rest).expect("replace");
+        assert_eq!(spool.len(), 1);
+        assert_eq!(spool.total_bytes(), encode(&rest).len() as u64);
+        assert_eq!(metrics.profiles_spooled.get(), 4, "a replacement is not new data");
+        assert_eq!(spool.oldest().expect("read"), Some(rest));
+    }
+
+    #[test]
+    fn corrupt_files_are_quarantined_and_stale_temporaries_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut spool, _) = open(dir.path(), 1 << 20);
+            for sequence in [1, 2, 3] {
+                spool.push(&batch(sequence, 2, 50)).expect("push");
+            }
+        }
+        // Garbage under a spool name, a truncated window, a stale temporary
+        // and an unrelated file.
+        fs::write(dir.path().join("00000000000000000000.batch"), b"garbage").expect("write");
+        let second = dir.path().join("00000000000000000002.batch");
+        let full = fs::read(&second).expect("read");
+        fs::write(&second, &full[..full.len() - 10]).expect("truncate");
+        fs::write(dir.path().join(".00000000000000000004.batch.77.tmp"), b"half").expect("write");
+        fs::write(dir.path().join("README"), b"keep me").expect("write");
+
+        let (mut spool, metrics) = open(dir.path(), 1 << 20);
+        assert_eq!(spool.len(), 3, "the truncated file has a good header");
+        assert_eq!(spool.oldest().expect("read").map(|b| b.sequence), Some(1));
+        spool.remove(1).expect("remove");
+        assert_eq!(
+            spool.oldest().expect("read").map(|b| b.sequence),
+            Some(3),
+            "2 is skipped"
+        );
+        assert_eq!(metrics.profiles_failed.get(), 2);
+        assert_eq!(
+            names(dir.path()),
+            vec![
+                "00000000000000000000.batch.corrupt",
+                "00000000000000000002.batch.corrupt",
+                "00000000000000000003.batch",
+                "README",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_smaller_bound_at_open_evicts_the_oldest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let size = encode(&batch(1, 1, 1000)).len() as u64;
+        {
+            let (mut spool, _) = open(dir.path(), 1 << 20);
+            for sequence in 1..=4 {
+                spool.push(&batch(sequence, 1, 1000)).expect("push");
+            }
+        }
+        let (spool, metrics) = open(dir.path(), size * 2);
+        assert_eq!(spool.len(), 2);
+        assert_eq!(spool.oldest_sequence(), Some(3));
+        assert_eq!(metrics.spool_evictions.get(), 2);
+    }
+
+    #[test]
+    fn decoding_rejects_damage_anywhere() {
+        let bytes = encode(&batch(7, 2, 30));
+        assert!(decode(&bytes).is_ok());
+        for cut in [0, 3, HEADER_LEN, bytes.len() - 1] {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flipped = bytes.clone();
+        flipped[HEADER_LEN + 10] ^= 0x40;
+        assert!(decode(&flipped).is_err());
+    }
+}

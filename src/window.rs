@@ -1,0 +1,239 @@
+//! Turning one window of samples into one profile per process, and the
+//! process bookkeeping that keeps a long-running agent bounded: processes
+//! that exited are forgotten once their last samples are out, and the
+//! files and caches only they used are released.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::bpf::{ProcessEvent, Window};
+use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
+use crate::process::{process_start_time, ProcessKey, ProcessTable};
+use crate::profile::{symbolize_samples, Sample};
+use crate::symbolize::Symbolizer;
+use crate::upload::{Batch, SeriesProfile};
+
+/// Labels every series of this agent carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesLabels {
+    /// `service_name` for every process; `None` uses the process name.
+    pub service_name: Option<String>,
+    /// The node (host) name.
+    pub node: String,
+    /// Extra `k=v` labels.
+    pub extra: Vec<(String, String)>,
+}
+
+/// Windows after which a process with no samples is checked for liveness.
+const IDLE_WINDOWS_BEFORE_SWEEP: u64 = 6;
+
+/// State carried from window to window.
+pub struct WindowProcessor {
+    processes: ProcessTable,
+    symbolizer: Symbolizer,
+    frequency_hz: u64,
+    labels: SeriesLabels,
+    /// Processes whose incarnation ended, with the window it ended in.
+    gone: HashMap<ProcessKey, u64>,
+    /// The last window each process had samples in.
+    last_seen: HashMap<ProcessKey, u64>,
+    windows: u64,
+}
+
+/// What a window produced besides its batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WindowReport {
+    /// Samples in the emitted profiles.
+    pub samples: u64,
+    /// Processes forgotten after this window.
+    pub forgotten: usize,
+}
+
+impl WindowProcessor {
+    /// A processor for windows sampled at `frequency_hz`.
+    pub fn new(frequency_hz: u64, labels: SeriesLabels) -> WindowProcessor {
+        WindowProcessor {
+            processes: ProcessTable::new(),
+            symbolizer: Symbolizer::new(),
+            frequency_hz,
+            labels,
+            gone: HashMap::default(),
+            last_seen: HashMap::default(),
+            windows: 0,
+        }
+    }
+
+    /// Takes in process events as they arrive during a window: new
+    /// processes are captured at once, while they are alive.
+    pub fn on_events(&mut self, events: Vec<ProcessEvent>) {
+        for event in events {
+            match event {
+                ProcessEvent::New { tgid, incarnation } => {
+                    let key = ProcessKey { tgid, incarnation };
+                    self.processes.observe(key);
+                    self.last_seen.insert(key, self.windows);
+                }
+                ProcessEvent::Gone { tgid, incarnation } => {
+                    self.gone.insert(ProcessKey { tgid, incarnation }, self.windows);
+                }
+            }
+        }
+    }
+
+    /// Processes currently tracked.
+    pub fn tracked_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Files currently held open.
+    pub fn open_objects(&self) -> usize {
+        self.processes.object_count()
+    }
+
+    /// Addresses cached by the symbolizer.
+    pub fn cached_addresses(&self) -> usize {
+        self.symbolizer.cached_addresses()
+    }
+
+    /// Addresses that could not be symbolized so far.
+    pub fn symbolization_failures(&self) -> u64 {
+        self.symbolizer.failures()
+    }
+
+    /// Builds the window's batch: one gzipped pprof per process with
+    /// samples, labelled for upload. Then forgets what is no longer needed.
+    pub fn finish_window(&mut self, window: &Window, start: SystemTime, end: SystemTime) -> (Batch, WindowReport) {
+        self.symbolizer.reload_perf_maps();
+        let samples = symbolize_samples(&window.samples, &mut self.processes, &mut self.symbolizer);
+        let mut by_process: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
+        for (raw, sample) in window.samples.iter().zip(samples) {
+            let key = ProcessKey {
+                tgid: raw.tgid,
+                incarnation: raw.incarnation,
+            };
+            self.last_seen.insert(key, self.windows);
+            by_process.entry(key).or_default().push(sample);
+        }
+
+        let meta = ProfileMeta {
+            frequency_hz: self.frequency_hz,
+            start,
+            duration: end.duration_since(start).unwrap_or(Duration::ZERO),
+            sample_labels: SampleLabels::ThreadName,
+        };
+        let mut profiles = Vec::with_capacity(by_process.len());
+        let mut total = 0;
+        for (key, samples) in &by_process {
+            let count: u64 = samples.iter().map(|s| s.count).sum();
+            if count == 0 {
+                continue;
+            }
+            let profile = build_profile(samples, &meta);
+            let pprof_gz = match encode_gzip(&profile) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    // Encoding into memory does not fail in practice; if it
+                    // ever does, the samples are counted, not silently lost.
+                    tracing::error!(pid = key.tgid, error = %err, "failed to encode a profile");
+                    continue;
+                }
+            };
+            total += count;
+            let process_name = samples[0].process_name.clone();
+            profiles.push(SeriesProfile {
+                labels: self.series_labels(key.tgid, &process_name),
+                pprof_gz,
+                samples: count,
+            });
+        }
+
+        let forgotten = self.forget_finished();
+        self.windows += 1;
+        let batch = Batch {
+            sequence: sequence_of(end),
+            start,
+            end,
+            profiles,
+        };
+        (
+            batch,
+            WindowReport {
+                samples: total,
+                forgotten,
+            },
+        )
+    }
+
+    fn series_labels(&self, pid: u32, process_name: &str) -> Vec<(String, String)> {
+        let service = self
+            .labels
+            .service_name
+            .clone()
+            .unwrap_or_else(|| process_name.to_string());
+        let mut labels = vec![
+            ("service_name".to_string(), service),
+            ("pid".to_string(), pid.to_string()),
+            ("comm".to_string(), process_name.to_string()),
+            ("node".to_string(), self.labels.node.clone()),
+        ];
+        for (k, v) in &self.labels.extra {
+            if !labels.iter().any(|(name, _)| name == k) {
+                labels.push((k.clone(), v.clone()));
+            }
+        }
+        labels
+    }
+
+    /// Forgets processes whose incarnation ended before this window began
+    /// (their last samples are in this window or earlier), and idle ones
+    /// that are no longer alive as the same process; then releases the
+    /// files and cache entries nobody needs.
+    fn forget_finished(&mut self) -> usize {
+        let current = self.windows;
+        let mut forget: Vec<ProcessKey> = self
+            .gone
+            .iter()
+            .filter(|(_, &window)| window < current)
+            .map(|(key, _)| *key)
+            .collect();
+        for (key, info) in self.processes.processes() {
+            let idle = self
+                .last_seen
+                .get(key)
+                .is_none_or(|&seen| seen + IDLE_WINDOWS_BEFORE_SWEEP <= current);
+            if idle && !forget.contains(key) {
+                let alive = process_start_time(Path::new("/proc"), key.tgid)
+                    .is_some_and(|start| info.captured && start == info.start_time);
+                if !alive {
+                    forget.push(*key);
+                }
+            }
+        }
+        // An ended incarnation never seen by the table needs no entry either.
+        self.gone.retain(|_, &mut window| window >= current);
+        for key in &forget {
+            self.processes.forget(*key);
+            self.last_seen.remove(key);
+            self.gone.remove(key);
+        }
+        if !forget.is_empty() {
+            let mut released = Vec::new();
+            self.processes
+                .release_unused_objects(|key, object| released.push((key, object.handle_path())));
+            let tgids: Vec<u32> = forget.iter().map(|k| k.tgid).collect();
+            self.symbolizer.forget(&released, &tgids);
+        }
+        forget.len()
+    }
+}
+
+/// A window's sequence number: its end in milliseconds since the epoch,
+/// which orders windows across agent restarts too.
+pub fn sequence_of(end: SystemTime) -> u64 {
+    end.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
