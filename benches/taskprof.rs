@@ -9,8 +9,13 @@
 //! 3. peak RSS of a real `taskprof profile` run and of this benchmark;
 //! 4. time from start to the first sample (load, attach, first event).
 //!
+//! 5. the agent's steady state on a busy host with process churn, at 19 Hz
+//!    and 99 Hz: CPU seconds per wall second (user + system + BPF run time)
+//!    and RSS at start and end. `TASKPROF_BENCH_AGENT_SECS` sets each run's
+//!    length (default 180).
+//!
 //! `cargo bench --bench taskprof -- processing` runs one part (rss, bpf,
-//! startup, processing).
+//! startup, processing, agent).
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -51,6 +56,11 @@ fn main() {
     }
     if wanted("processing") {
         processing_synthetic_host();
+    }
+    if wanted("agent") {
+        for frequency in [19, 99] {
+            agent_steady_state(frequency);
+        }
     }
     println!(
         "| benchmark process peak RSS | {:.1} MiB |",
@@ -327,4 +337,139 @@ fn cli_peak_rss() {
         usage.ru_maxrss as f64 / 1024.0,
         own as f64 / 1024.0
     );
+}
+
+/// CPU time of a process (user + system), in seconds.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read agent stat");
+    let rest = &stat[stat.rfind(')').expect("stat has a comm") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the comm.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Total BPF run time of every program the process holds, in seconds.
+fn process_bpf_seconds(pid: u32) -> f64 {
+    let mut total = 0u64;
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0.0;
+    };
+    for entry in entries.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        if let Some(ns) = info.lines().find_map(|l| l.strip_prefix("run_time_ns:")) {
+            total += ns.trim().parse::<u64>().unwrap_or(0);
+        }
+    }
+    total as f64 / 1e9
+}
+
+fn process_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read agent status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn agent_steady_state(frequency: u64) {
+    let seconds: u64 = std::env::var("TASKPROF_BENCH_AGENT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(180);
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(sysctl).unwrap_or_else(|_| "0".into());
+    std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out");
+    let spool = dir.path().join("spool");
+    let mut agent = Host(vec![Command::new(env!("CARGO_BIN_EXE_taskprof"))
+        .args([
+            "agent",
+            "--upload-protocol",
+            "file",
+            "--window",
+            "10s",
+            "--metrics-address",
+            "127.0.0.1:0",
+        ])
+        .args(["--frequency", &frequency.to_string(), "--log-level", "warn"])
+        .arg("--upload-url")
+        .arg(&out)
+        .arg("--spool-dir")
+        .arg(&spool)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent")]);
+    let pid = agent.0[0].id();
+    // Two shell loops keep both CPUs busy with a typical host process.
+    let _spin = Host(
+        (0..2)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("spawn a busy loop")
+            })
+            .collect(),
+    );
+    // Process churn: a short-lived process every 50 ms, each a new pid to
+    // capture, symbolize and forget.
+    let churn_stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = Arc::clone(&churn_stop);
+        std::thread::spawn(move || {
+            let mut spawned = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = Command::new("sh")
+                    .args(["-c", "i=0; while [ $i -lt 2000 ]; do i=$((i+1)); done"])
+                    .status();
+                spawned += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            spawned
+        })
+    };
+    std::thread::sleep(Duration::from_secs(15));
+    let (cpu0, bpf0, rss0, t0) = (
+        process_cpu_seconds(pid),
+        process_bpf_seconds(pid),
+        process_rss_mib(pid),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (cpu1, bpf1, rss1, wall) = (
+        process_cpu_seconds(pid),
+        process_bpf_seconds(pid),
+        process_rss_mib(pid),
+        t0.elapsed().as_secs_f64(),
+    );
+    churn_stop.store(true, Ordering::Relaxed);
+    let spawned = churn.join().unwrap_or(0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let status = agent.0[0].wait().expect("wait for the agent");
+    agent.0.clear();
+    std::fs::write(sysctl, before.trim()).expect("restore kernel.bpf_stats_enabled");
+    assert!(status.success(), "the agent failed: {status}");
+    let user_share = (cpu1 - cpu0) / wall;
+    let bpf_share = (bpf1 - bpf0) / wall;
+    let cpus = taskprof::bpf::online_cpu_count().unwrap_or(1) as f64;
+    println!(
+        "| agent at {frequency} Hz, {seconds} s, 2 busy CPUs, {spawned} processes churned: CPU s per wall s (user+sys / BPF) | \
+         {:.5} ({:.5} / {:.5}) = {:.3}% of the host's CPU |",
+        user_share + bpf_share,
+        user_share,
+        bpf_share,
+        100.0 * (user_share + bpf_share) / cpus
+    );
+    println!("| agent at {frequency} Hz: RSS after 15 s / after {seconds} s more | {rss0:.1} MiB / {rss1:.1} MiB |");
 }

@@ -104,6 +104,8 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             profiles = batch.profiles.len(),
             forgotten_processes = report.forgotten,
             tracked_processes = processor.tracked_processes(),
+            open_files = processor.open_objects(),
+            cached_addresses = processor.cached_addresses(),
             "window closed"
         );
         delivery.submit(batch);

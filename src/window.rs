@@ -221,8 +221,10 @@ impl WindowProcessor {
         }
         if !forget.is_empty() {
             let mut released = Vec::new();
-            self.processes
-                .release_unused_objects(|key, object| released.push((key, object.handle_path())));
+            self.processes.release_unused_objects(|key, object| {
+                tracing::debug!(file = %object.original_path.display(), "releasing a file no tracked process maps");
+                released.push((key, object.handle_path()))
+            });
             let tgids: Vec<u32> = forget.iter().map(|k| k.tgid).collect();
             self.symbolizer.forget(&released, &tgids);
         }

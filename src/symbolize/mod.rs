@@ -8,16 +8,18 @@
 //! that cannot be named gets a synthetic frame saying where it was.
 
 mod demangle;
+mod kernel;
 mod perf_map;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized};
 
 pub use demangle::demangle;
+pub use kernel::KernelSymbols;
 pub use perf_map::PerfMap;
 
 use crate::process::{FileKey, ObjectFile};
@@ -68,6 +70,7 @@ pub struct Symbolizer {
     user: HashMap<(FileKey, u64), Lines>,
     functions: HashMap<FunctionInfo, Arc<FunctionInfo>>,
     kernel: HashMap<u64, Lines>,
+    kernel_symbols: Option<KernelSymbols>,
     perf_maps: HashMap<u32, Option<PerfMap>>,
     failures: u64,
 }
@@ -97,6 +100,7 @@ impl Symbolizer {
             user: HashMap::default(),
             functions: HashMap::default(),
             kernel: HashMap::default(),
+            kernel_symbols: None,
             perf_maps: HashMap::default(),
             failures: 0,
         }
@@ -250,27 +254,19 @@ impl Symbolizer {
         if todo.is_empty() {
             return;
         }
-        let kernel = Kernel {
-            vmlinux: blazesym::MaybeDefault::None,
-            debug_syms: false,
-            ..Kernel::default()
-        };
-        let results = self
-            .blaze
-            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(&todo))
-            .unwrap_or_default();
-        for (index, addr) in todo.iter().enumerate() {
-            let lines = match results.get(index) {
-                Some(Symbolized::Sym(sym)) => {
-                    let function = intern(&mut self.functions, &sym.name, String::new(), 0);
+        let symbols = self.kernel_symbols.get_or_insert_with(KernelSymbols::load);
+        for addr in todo {
+            let lines = match symbols.lookup(addr) {
+                Some(name) => {
+                    let function = intern(&mut self.functions, name, String::new(), 0);
                     Arc::from(vec![LineInfo { function, line: 0 }])
                 }
-                _ => {
+                None => {
                     self.failures += 1;
                     synthetic_lines(format!("[kernel] {addr:#x}"))
                 }
             };
-            self.kernel.insert(*addr, lines);
+            self.kernel.insert(addr, lines);
         }
     }
 
