@@ -389,21 +389,20 @@ fn agent_steady_state(frequency: u64) {
     let before = std::fs::read_to_string(sysctl).unwrap_or_else(|_| "0".into());
     std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
     let dir = tempfile::tempdir().expect("temp dir");
-    let out = dir.path().join("out");
     let spool = dir.path().join("spool");
+    let (receiver, received) = pyroscope_sink();
     let mut agent = Host(vec![Command::new(env!("CARGO_BIN_EXE_taskprof"))
         .args([
             "agent",
             "--upload-protocol",
-            "file",
+            "pyroscope",
             "--window",
             "10s",
             "--metrics-address",
             "127.0.0.1:0",
         ])
         .args(["--frequency", &frequency.to_string(), "--log-level", "warn"])
-        .arg("--upload-url")
-        .arg(&out)
+        .args(["--upload-url", &format!("http://{receiver}")])
         .arg("--spool-dir")
         .arg(&spool)
         .stderr(Stdio::null())
@@ -460,6 +459,7 @@ fn agent_steady_state(frequency: u64) {
     agent.0.clear();
     std::fs::write(sysctl, before.trim()).expect("restore kernel.bpf_stats_enabled");
     assert!(status.success(), "the agent failed: {status}");
+    assert!(received.load(Ordering::Relaxed) > 0, "the agent uploaded nothing");
     let user_share = (cpu1 - cpu0) / wall;
     let bpf_share = (bpf1 - bpf0) / wall;
     let cpus = taskprof::bpf::online_cpu_count().unwrap_or(1) as f64;
@@ -472,4 +472,38 @@ fn agent_steady_state(frequency: u64) {
         100.0 * (user_share + bpf_share) / cpus
     );
     println!("| agent at {frequency} Hz: RSS after 15 s / after {seconds} s more | {rss0:.1} MiB / {rss1:.1} MiB |");
+}
+
+/// A loopback HTTP server that accepts every Pyroscope ingest, so the agent
+/// is measured uploading as it would in production. Returns its address and
+/// a count of requests.
+fn pyroscope_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
+    let addr = listener.local_addr().expect("receiver address");
+    listener.set_nonblocking(true).expect("nonblocking listener");
+    let seen = Arc::clone(&count);
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let app = axum::Router::new().route(
+                "/ingest",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        if !body.is_empty() {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                        "ok"
+                    }
+                }),
+            );
+            let _ = axum::serve(listener, app).await;
+        });
+    });
+    (addr, count)
 }

@@ -73,13 +73,15 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     };
     let mut processor = WindowProcessor::new(config.frequency_hz, labels);
     let mut totals = SampleStats::default();
+    // Windows tile time: each starts where the previous one ended (the
+    // instant of its drain), and boundaries keep the configured cadence
+    // however long processing a window takes.
+    let mut start = SystemTime::now();
+    let mut boundary = Instant::now() + config.window;
     loop {
-        let start = SystemTime::now();
-        let started = Instant::now();
-        while started.elapsed() < config.window && !stop.load(Ordering::Relaxed) {
-            let wait = config
-                .window
-                .saturating_sub(started.elapsed())
+        while Instant::now() < boundary && !stop.load(Ordering::Relaxed) {
+            let wait = boundary
+                .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             processor.on_events(sampler.process_events(wait));
         }
@@ -89,8 +91,8 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             sampler.stop();
         }
         processor.on_events(sampler.process_events(Duration::ZERO));
-        let window = sampler.drain_window().context("failed to read the window's samples")?;
         let end = SystemTime::now();
+        let window = sampler.drain_window().context("failed to read the window's samples")?;
         let (batch, report) = processor.finish_window(&window, start, end);
         let span = tracing::info_span!("window", sequence = batch.sequence);
         let _entered = span.enter();
@@ -111,6 +113,13 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         delivery.submit(batch);
         if stopping {
             break;
+        }
+        start = end;
+        boundary += config.window;
+        if boundary <= Instant::now() {
+            // Processing overran a whole window: start the next one now.
+            tracing::warn!("processing a window took longer than the window itself");
+            boundary = Instant::now() + config.window;
         }
     }
 

@@ -111,18 +111,19 @@ fn write_profile(
     Ok(())
 }
 
-/// `<sequence>-<service>-<pid>`, with the service name reduced to
-/// characters safe in a file name. A profile without a pid label is told
-/// apart by its place in the window.
+/// `<sequence>-<index>-<service>-<pid>`, with the service name reduced to
+/// characters safe in a file name. The index (the profile's place in its
+/// window) keeps names unique: one pid can have two profiles in a window,
+/// when its process execs and starts a new incarnation.
 fn file_stem(sequence: u64, index: usize, profile: &SeriesProfile) -> String {
     let service = sanitize_name(profile.label("service_name").unwrap_or_default(), |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
     });
     let pid = match profile.label("pid") {
         Some(pid) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => pid.to_string(),
-        _ => format!("n{index}"),
+        _ => "nopid".to_string(),
     };
-    format!("{sequence}-{service}-{pid}")
+    format!("{sequence}-{index:05}-{service}-{pid}")
 }
 
 fn unix_millis(time: SystemTime) -> u128 {
@@ -172,12 +173,15 @@ mod tests {
         assert_eq!(uploader.send(&profiles, &batch).await, vec![Ok(()), Ok(())]);
 
         assert_eq!(
-            std::fs::read(dir.join("99-kworker_0_1-12.pb.gz")).expect("profile"),
+            std::fs::read(dir.join("99-00000-kworker_0_1-12.pb.gz")).expect("profile"),
             b"one"
         );
-        assert_eq!(std::fs::read(dir.join("99-unknown-n1.pb.gz")).expect("profile"), b"two");
+        assert_eq!(
+            std::fs::read(dir.join("99-00001-unknown-nopid.pb.gz")).expect("profile"),
+            b"two"
+        );
         let labels: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join("99-kworker_0_1-12.labels.json")).expect("labels"))
+            serde_json::from_slice(&std::fs::read(dir.join("99-00000-kworker_0_1-12.labels.json")).expect("labels"))
                 .expect("JSON");
         assert_eq!(labels["labels"]["service_name"], "kworker/0:1");
         assert_eq!(labels["sequence"], 99);

@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 
 use taskprof::pprof::proto::{Profile, Sample};
 
+pub mod agent_run;
+pub mod receivers;
+
 /// Flags every fixture is built with: frame pointers for the unwinder,
 /// no inlining so each C function is its own frame, and DWARF for names.
 const FIXTURE_CFLAGS: &[&str] = &["-g", "-O1", "-fno-omit-frame-pointer", "-fno-inline"];
