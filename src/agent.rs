@@ -71,7 +71,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         node: config.node_name.clone(),
         extra: config.labels.clone(),
     };
-    let mut processor = WindowProcessor::new(config.frequency_hz, labels);
+    let mut processor = WindowProcessor::new(config.frequency_hz, labels, config.debug_info);
     let mut totals = SampleStats::default();
     // Windows tile time: each starts where the previous one ended (the
     // instant of its drain), and boundaries keep the configured cadence

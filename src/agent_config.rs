@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub log_level: String,
     /// Show the verifier log on load failures.
     pub verifier_log: bool,
+    /// Read DWARF for file names, lines and inlined frames.
+    pub debug_info: bool,
 }
 
 /// A usage error in the agent's configuration (exit code 2). Each message
@@ -142,6 +144,7 @@ impl AgentConfig {
             window,
             pid,
             verifier_log,
+            debug_info,
             upload: up,
             delivery,
             identity,
@@ -245,6 +248,9 @@ impl AgentConfig {
                 cli::parse_bool,
             )?
             .is_some_and(|s| s.value);
+        let debug_info = sources
+            .pick(DEBUG_INFO, debug_info.then_some(true), file.debug_info, cli::parse_bool)?
+            .is_some_and(|s| s.value);
 
         Ok(AgentConfig {
             frequency_hz,
@@ -261,6 +267,7 @@ impl AgentConfig {
             log_format,
             log_level,
             verifier_log,
+            debug_info,
         })
     }
 }
@@ -298,6 +305,7 @@ const METRICS_ADDRESS: Key = Key::new("metrics-address", "metrics_address");
 const LOG_FORMAT: Key = Key::new("log-format", "log_format");
 const LOG_LEVEL: Key = Key::new("log-level", "log_level");
 const VERIFIER_LOG: Key = Key::new("verifier-log", "verifier_log");
+const DEBUG_INFO: Key = Key::new("debug-info", "debug_info");
 
 impl Key {
     const fn new(flag: &'static str, yaml: &'static str) -> Key {
@@ -862,6 +870,7 @@ struct FileSettings {
     log_format: Option<Scalar>,
     log_level: Option<Scalar>,
     verifier_log: Option<Scalar>,
+    debug_info: Option<Scalar>,
 }
 
 /// An empty file (or one holding only comments) sets nothing.

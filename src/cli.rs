@@ -116,6 +116,12 @@ pub struct AgentArgs {
     #[arg(long)]
     pub verifier_log: bool,
 
+    /// Also read DWARF debug info, for file names, line numbers and inlined
+    /// frames. Off by default: function names come from symbol tables, and
+    /// DWARF costs memory in proportion to the profiled binaries' debug info.
+    #[arg(long)]
+    pub debug_info: bool,
+
     /// Where profiles go, and how.
     #[command(flatten)]
     pub upload: UploadArgs,

@@ -53,11 +53,12 @@ pub struct WindowReport {
 }
 
 impl WindowProcessor {
-    /// A processor for windows sampled at `frequency_hz`.
-    pub fn new(frequency_hz: u64, labels: SeriesLabels) -> WindowProcessor {
+    /// A processor for windows sampled at `frequency_hz`; `debug_info`
+    /// turns on DWARF for files, lines and inlined frames.
+    pub fn new(frequency_hz: u64, labels: SeriesLabels, debug_info: bool) -> WindowProcessor {
         WindowProcessor {
             processes: ProcessTable::new(),
-            symbolizer: Symbolizer::new(),
+            symbolizer: Symbolizer::with_debug_info(debug_info),
             frequency_hz,
             labels,
             gone: HashMap::default(),

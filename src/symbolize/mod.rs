@@ -73,6 +73,7 @@ pub struct Symbolizer {
     kernel_symbols: Option<KernelSymbols>,
     perf_maps: HashMap<u32, Option<PerfMap>>,
     failures: u64,
+    debug_info: bool,
 }
 
 impl Default for Symbolizer {
@@ -85,6 +86,13 @@ impl Symbolizer {
     /// A symbolizer using DWARF (with split debug files from
     /// `/usr/lib/debug`) where present, and symbol tables otherwise.
     pub fn new() -> Symbolizer {
+        Symbolizer::with_debug_info(true)
+    }
+
+    /// A symbolizer that reads DWARF only if `debug_info` is set; otherwise
+    /// it names functions from symbol tables alone, without files, lines or
+    /// inlined frames, and its memory does not grow with debug info.
+    pub fn with_debug_info(debug_info: bool) -> Symbolizer {
         let blaze = blazesym::symbolize::Symbolizer::builder()
             // Files are opened through handles that never change under a
             // path, and some (of exited processes) cannot be stat'ed again.
@@ -103,6 +111,7 @@ impl Symbolizer {
             kernel_symbols: None,
             perf_maps: HashMap::default(),
             failures: 0,
+            debug_info,
         }
     }
 
@@ -124,7 +133,9 @@ impl Symbolizer {
             return;
         }
         let path = object.handle_path();
-        let src = Source::Elf(Elf::new(path));
+        let mut elf = Elf::new(path);
+        elf.debug_syms = self.debug_info;
+        let src = Source::Elf(elf);
         let results = match self.blaze.symbolize(&src, Input::FileOffset(&todo)) {
             Ok(results) => results,
             Err(_) => {
