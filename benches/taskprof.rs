@@ -309,7 +309,9 @@ fn max_rss_kib(who: libc::c_int) -> i64 {
 }
 
 fn cli_peak_rss() {
-    let _spin = Spinners::start(2);
+    // Busy loops in separate small processes: in-process spinners would make
+    // the profiler symbolize this large benchmark binary instead.
+    let _spin = busy_shells(2);
     let out = std::env::temp_dir().join("taskprof-bench-cli.pb.gz");
     let own = max_rss_kib(libc::RUSAGE_SELF);
     // Reaped below with wait4, which also reports the child's own rusage.
@@ -410,16 +412,7 @@ fn agent_steady_state(frequency: u64) {
         .expect("start the agent")]);
     let pid = agent.0[0].id();
     // Two shell loops keep both CPUs busy with a typical host process.
-    let _spin = Host(
-        (0..2)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .spawn()
-                    .expect("spawn a busy loop")
-            })
-            .collect(),
-    );
+    let _spin = busy_shells(2);
     // Process churn: a short-lived process every 50 ms, each a new pid to
     // capture, symbolize and forget.
     let churn_stop = Arc::new(AtomicBool::new(false));
@@ -506,4 +499,18 @@ fn pyroscope_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>)
         });
     });
     (addr, count)
+}
+
+/// `n` shell busy loops, killed on drop.
+fn busy_shells(n: usize) -> Host {
+    Host(
+        (0..n)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+                    .expect("spawn a busy loop")
+            })
+            .collect(),
+    )
 }

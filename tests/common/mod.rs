@@ -48,6 +48,9 @@ pub enum FixtureProgram {
     ExitsEarly,
     /// Reads /dev/zero in large chunks, so kernel frames dominate.
     Syscalls,
+    /// Runs a loop copied into anonymous executable memory and named only
+    /// in `/tmp/perf-PID.map`, as JIT runtimes do.
+    Jit,
 }
 
 impl FixtureProgram {
@@ -58,6 +61,7 @@ impl FixtureProgram {
             FixtureProgram::Chain => "chain",
             FixtureProgram::ExitsEarly => "exits_early",
             FixtureProgram::Syscalls => "syscalls",
+            FixtureProgram::Jit => "jit",
         }
     }
 
