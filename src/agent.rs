@@ -12,6 +12,8 @@ use anyhow::Context;
 
 use crate::agent_config::AgentConfig;
 use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig};
+use crate::containers::{ContainerLabeler, LabelerSettings};
+use crate::kubernetes::{KubeConfig, LabelOptions, LabelSelector, PodCache, PodFilter};
 use crate::metrics::Metrics;
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
 use crate::window::{SeriesLabels, WindowProcessor};
@@ -72,7 +74,40 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         extra: config.labels.clone(),
     };
     let mut processor = WindowProcessor::new(config.frequency_hz, labels, config.debug_info);
+    let kube = &config.kubernetes;
+    let pods = if kube.enabled {
+        let cache = PodCache::new();
+        let kube_config = kubernetes_config(&config)?;
+        let _watcher = crate::kubernetes::spawn_watcher(kube_config, cache.clone(), runtime.handle())
+            .context("failed to start watching pods")?;
+        Some(cache)
+    } else {
+        None
+    };
+    let filtering = !kube.container_ids.is_empty() || !kube.keep_host_processes;
+    if pods.is_some() || filtering {
+        let selector = match &kube.pod_selector {
+            Some(text) => LabelSelector::parse(text).context("--pod-selector")?,
+            None => LabelSelector::default(),
+        };
+        processor = processor.with_containers(ContainerLabeler::new(LabelerSettings {
+            cgroup_proc_root: kube.cgroup_proc_root.clone(),
+            pods,
+            filter: PodFilter {
+                namespaces: kube.namespaces.clone(),
+                exclude_namespaces: kube.exclude_namespaces.clone(),
+                selector,
+                container_ids: kube.container_ids.clone(),
+            },
+            keep_host_processes: kube.keep_host_processes,
+            label_options: LabelOptions {
+                service_name_label: Some(kube.service_name_label.clone()),
+                pod_labels: kube.pod_labels.clone(),
+            },
+        }));
+    }
     let mut totals = SampleStats::default();
+    let mut filtered_total = 0u64;
     // Windows tile time: each starts where the previous one ended (the
     // instant of its drain), and boundaries keep the configured cadence
     // however long processing a window takes.
@@ -98,11 +133,13 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         let _entered = span.enter();
 
         totals.add(&window.stats);
-        record_window(&metrics, &totals, &processor);
+        filtered_total += report.filtered;
+        record_window(&metrics, &totals, filtered_total, &processor);
         tracing::info!(
             samples = window.stats.samples,
             in_profiles = report.samples,
             lost = window.stats.lost(),
+            filtered = report.filtered,
             profiles = batch.profiles.len(),
             forgotten_processes = report.forgotten,
             tracked_processes = processor.tracked_processes(),
@@ -131,6 +168,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     tracing::info!(
         samples = totals.samples,
         lost = totals.lost(),
+        filtered = filtered_total,
         summary = ?summary,
         "stopped"
     );
@@ -140,7 +178,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// Publishes the running totals: BPF counters are absolute, so the metrics
 /// are set from them rather than incremented.
-fn record_window(metrics: &Metrics, totals: &SampleStats, processor: &WindowProcessor) {
+fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, processor: &WindowProcessor) {
     metrics.windows.inc();
     metrics.set_samples_total(totals.samples);
     metrics.set_samples_lost_total("counts_map_full", totals.lost_counts_full);
@@ -150,5 +188,37 @@ fn record_window(metrics: &Metrics, totals: &SampleStats, processor: &WindowProc
     metrics.set_stacks_lost_total("kernel_stacks_map_full", totals.kernel_stack_map_full);
     metrics.set_stacks_lost_total("kernel_capture_error", totals.kernel_stack_error);
     metrics.set_symbolization_failures_total(processor.symbolization_failures());
+    advance(&metrics.samples_filtered, filtered);
+    advance(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
     metrics.tracked_processes.set(processor.tracked_processes() as i64);
+}
+
+/// Moves a counter up to an absolute total.
+fn advance(counter: &prometheus_client::metrics::counter::Counter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// The API server connection: in-cluster defaults, each overridable.
+fn kubernetes_config(config: &AgentConfig) -> anyhow::Result<KubeConfig> {
+    let kube = &config.kubernetes;
+    let mut kube_config = match &kube.api_url {
+        Some(url) => KubeConfig {
+            api_url: url.clone(),
+            token_path: std::path::Path::new(crate::kubernetes::SERVICE_ACCOUNT_DIR).join("token"),
+            ca_path: None,
+            node_name: config.node_name.clone(),
+            insecure_skip_verify: false,
+        },
+        None => KubeConfig::in_cluster(&config.node_name).context("--kubernetes")?,
+    };
+    if let Some(token) = &kube.token_file {
+        kube_config.token_path = token.clone();
+    }
+    if let Some(ca) = &kube.ca_file {
+        kube_config.ca_path = Some(ca.clone());
+    }
+    Ok(kube_config)
 }

@@ -71,6 +71,37 @@ pub struct AgentConfig {
     pub verifier_log: bool,
     /// Read DWARF for file names, lines and inlined frames.
     pub debug_info: bool,
+    /// Kubernetes metadata and filters.
+    pub kubernetes: KubernetesSettings,
+}
+
+/// Validated `--kubernetes` settings and the pod filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    /// Whether to watch the API server for pod metadata.
+    pub enabled: bool,
+    /// API server URL; `None` for the in-cluster default.
+    pub api_url: Option<url::Url>,
+    /// Token file; `None` for the in-cluster default.
+    pub token_file: Option<PathBuf>,
+    /// CA file; `None` for the in-cluster default.
+    pub ca_file: Option<PathBuf>,
+    /// Namespaces to keep (empty: all).
+    pub namespaces: Vec<String>,
+    /// Namespaces to drop.
+    pub exclude_namespaces: Vec<String>,
+    /// Pod label selector.
+    pub pod_selector: Option<String>,
+    /// Container ids (or prefixes) to keep (empty: all).
+    pub container_ids: Vec<String>,
+    /// Keep processes that are in no container.
+    pub keep_host_processes: bool,
+    /// Pod label overriding `service_name`.
+    pub service_name_label: String,
+    /// Pod labels copied onto profiles.
+    pub pod_labels: Vec<String>,
+    /// Where `PID/cgroup` files are read from.
+    pub cgroup_proc_root: PathBuf,
 }
 
 /// A usage error in the agent's configuration (exit code 2). Each message
@@ -145,12 +176,14 @@ impl AgentConfig {
             pid,
             verifier_log,
             debug_info,
+            kubernetes: kube,
             upload: up,
             delivery,
             identity,
             observability: obs,
             config: _,
         } = args;
+        let kubernetes = sources.kubernetes(kube, &mut file)?;
 
         // First, as it takes its keys from `file` before the rest move out.
         let upload = sources.upload(up, &mut file)?;
@@ -268,6 +301,7 @@ impl AgentConfig {
             log_level,
             verifier_log,
             debug_info,
+            kubernetes,
         })
     }
 }
@@ -306,6 +340,17 @@ const LOG_FORMAT: Key = Key::new("log-format", "log_format");
 const LOG_LEVEL: Key = Key::new("log-level", "log_level");
 const VERIFIER_LOG: Key = Key::new("verifier-log", "verifier_log");
 const DEBUG_INFO: Key = Key::new("debug-info", "debug_info");
+const KUBERNETES: Key = Key::new("kubernetes", "kubernetes");
+const KUBERNETES_API_URL: Key = Key::new("kubernetes-api-url", "kubernetes_api_url");
+const KUBERNETES_TOKEN_FILE: Key = Key::new("kubernetes-token-file", "kubernetes_token_file");
+const KUBERNETES_CA_FILE: Key = Key::new("kubernetes-ca-file", "kubernetes_ca_file");
+const NAMESPACE: Key = Key::new("namespace", "namespaces");
+const EXCLUDE_NAMESPACE: Key = Key::new("exclude-namespace", "exclude_namespaces");
+const POD_SELECTOR: Key = Key::new("pod-selector", "pod_selector");
+const CONTAINER_ID: Key = Key::new("container-id", "container_ids");
+const HOST_PROCESSES: Key = Key::new("host-processes", "host_processes");
+const SERVICE_NAME_LABEL: Key = Key::new("service-name-label", "service_name_label");
+const POD_LABEL: Key = Key::new("pod-label", "pod_labels");
 
 impl Key {
     const fn new(flag: &'static str, yaml: &'static str) -> Key {
@@ -473,6 +518,112 @@ impl Sources<'_> {
             value,
             origin: self.file_origin(),
         }))
+    }
+
+    fn kubernetes(
+        &self,
+        args: cli::KubernetesArgs,
+        file: &mut FileSettings,
+    ) -> Result<KubernetesSettings, AgentConfigError> {
+        let enabled = self
+            .pick(
+                KUBERNETES,
+                args.kubernetes.then_some(true),
+                file.kubernetes.take(),
+                cli::parse_bool,
+            )?
+            .is_some_and(|s| s.value);
+        let api_url = self
+            .pick(
+                KUBERNETES_API_URL,
+                args.kubernetes_api_url,
+                file.kubernetes_api_url.take(),
+                cli::parse_http_url,
+            )?
+            .map(|s| s.value);
+        let token_file = self
+            .pick(
+                KUBERNETES_TOKEN_FILE,
+                args.kubernetes_token_file,
+                file.kubernetes_token_file.take(),
+                parse_path,
+            )?
+            .map(|s| s.value);
+        let ca_file = self
+            .pick(
+                KUBERNETES_CA_FILE,
+                args.kubernetes_ca_file,
+                file.kubernetes_ca_file.take(),
+                parse_path,
+            )?
+            .map(|s| s.value);
+        let namespaces = self
+            .list(NAMESPACE, args.namespace, file.namespaces.take(), parse_text)?
+            .map_or_else(Vec::new, |s| s.value);
+        let exclude_namespaces = self
+            .list(
+                EXCLUDE_NAMESPACE,
+                args.exclude_namespace,
+                file.exclude_namespaces.take(),
+                parse_text,
+            )?
+            .map_or_else(Vec::new, |s| s.value);
+        let pod_selector = self
+            .pick(
+                POD_SELECTOR,
+                args.pod_selector,
+                file.pod_selector.take(),
+                parse_selector,
+            )?
+            .map(|s| s.value);
+        let container_ids = self
+            .list(
+                CONTAINER_ID,
+                args.container_id,
+                file.container_ids.take(),
+                parse_container_id,
+            )?
+            .map_or_else(Vec::new, |s| s.value);
+        let keep_host_processes = self
+            .pick(
+                HOST_PROCESSES,
+                args.host_processes,
+                file.host_processes.take(),
+                cli::parse_keep_drop,
+            )?
+            .is_none_or(|s| s.value);
+        let service_name_label = self
+            .pick(
+                SERVICE_NAME_LABEL,
+                args.service_name_label,
+                file.service_name_label.take(),
+                parse_text,
+            )?
+            .map_or_else(|| "app.kubernetes.io/name".to_string(), |s| s.value);
+        let pod_labels = self
+            .list(POD_LABEL, args.pod_label, file.pod_labels.take(), parse_text)?
+            .map_or_else(Vec::new, |s| s.value);
+        let cgroup_proc_root = args.cgroup_proc_root.unwrap_or_else(|| PathBuf::from("/proc"));
+        let uses_pods = !namespaces.is_empty() || !exclude_namespaces.is_empty() || pod_selector.is_some();
+        if uses_pods && !enabled {
+            return Err(AgentConfigError::Conflict(
+                "--namespace, --exclude-namespace and --pod-selector need pod metadata: add --kubernetes".into(),
+            ));
+        }
+        Ok(KubernetesSettings {
+            enabled,
+            api_url,
+            token_file,
+            ca_file,
+            namespaces,
+            exclude_namespaces,
+            pod_selector,
+            container_ids,
+            keep_host_processes,
+            service_name_label,
+            pod_labels,
+            cgroup_proc_root,
+        })
     }
 
     fn upload(&self, up: cli::UploadArgs, file: &mut FileSettings) -> Result<UploadConfig, AgentConfigError> {
@@ -674,16 +825,30 @@ fn parse_from<T>(
     }
 }
 
+fn parse_path(text: &str) -> Result<PathBuf, String> {
+    parse_text(text).map(PathBuf::from)
+}
+
+fn parse_selector(text: &str) -> Result<String, String> {
+    crate::kubernetes::LabelSelector::parse(text.trim()).map_err(|err| err.to_string())?;
+    Ok(text.trim().to_string())
+}
+
+fn parse_container_id(text: &str) -> Result<String, String> {
+    let id = text.trim().to_ascii_lowercase();
+    let id = id.rsplit("://").next().unwrap_or(&id).to_string();
+    if id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{}` is not a container id (12 to 64 hex digits)", text.trim()));
+    }
+    Ok(id)
+}
+
 fn parse_text(text: &str) -> Result<String, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("the value is empty".to_string());
     }
     Ok(text.to_string())
-}
-
-fn parse_path(text: &str) -> Result<PathBuf, String> {
-    parse_text(text).map(PathBuf::from)
 }
 
 /// Pyroscope answers 400 to application names with other characters, so a
@@ -871,6 +1036,17 @@ struct FileSettings {
     log_level: Option<Scalar>,
     verifier_log: Option<Scalar>,
     debug_info: Option<Scalar>,
+    kubernetes: Option<Scalar>,
+    kubernetes_api_url: Option<Scalar>,
+    kubernetes_token_file: Option<Scalar>,
+    kubernetes_ca_file: Option<Scalar>,
+    namespaces: Option<Vec<String>>,
+    exclude_namespaces: Option<Vec<String>>,
+    pod_selector: Option<Scalar>,
+    container_ids: Option<Vec<String>>,
+    host_processes: Option<Scalar>,
+    service_name_label: Option<Scalar>,
+    pod_labels: Option<Vec<String>>,
 }
 
 /// An empty file (or one holding only comments) sets nothing.

@@ -122,6 +122,10 @@ pub struct AgentArgs {
     #[arg(long)]
     pub debug_info: bool,
 
+    /// Kubernetes metadata and filters.
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+
     /// Where profiles go, and how.
     #[command(flatten)]
     pub upload: UploadArgs,
@@ -226,6 +230,60 @@ pub struct IdentityArgs {
     /// Extra label on every profile, `name=value` (repeatable).
     #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_label)]
     pub label: Vec<(String, String)>,
+}
+
+/// Kubernetes metadata and filters.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kubernetes")]
+pub struct KubernetesArgs {
+    /// Label profiles with their pod's namespace, pod and container, from the
+    /// API server (in-cluster service account; pods on --node-name only).
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// API server URL. Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
+    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    pub kubernetes_api_url: Option<url::Url>,
+
+    /// Service account token, re-read on every connection. Default: the in-cluster token.
+    #[arg(long, value_name = "FILE")]
+    pub kubernetes_token_file: Option<PathBuf>,
+
+    /// CA bundle of the API server. Default: the in-cluster ca.crt.
+    #[arg(long, value_name = "FILE")]
+    pub kubernetes_ca_file: Option<PathBuf>,
+
+    /// Only profile pods in this namespace (repeatable).
+    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    pub namespace: Vec<String>,
+
+    /// Never profile pods in this namespace (repeatable).
+    #[arg(long = "exclude-namespace", value_name = "NAMESPACE")]
+    pub exclude_namespace: Vec<String>,
+
+    /// Only profile pods matching this label selector, e.g. `app=web,tier!=cache`.
+    #[arg(long, value_name = "SELECTOR")]
+    pub pod_selector: Option<String>,
+
+    /// Only profile this container (repeatable; a prefix of 12+ characters works).
+    #[arg(long = "container-id", value_name = "ID")]
+    pub container_id: Vec<String>,
+
+    /// What to do with processes outside any container: keep or drop. [default: keep]
+    #[arg(long, value_name = "KEEP|DROP", value_parser = parse_keep_drop)]
+    pub host_processes: Option<bool>,
+
+    /// Pod label whose value becomes `service_name`. [default: app.kubernetes.io/name]
+    #[arg(long, value_name = "LABEL")]
+    pub service_name_label: Option<String>,
+
+    /// Pod label to copy onto profiles as `pod_label_<name>` (repeatable).
+    #[arg(long = "pod-label", value_name = "LABEL")]
+    pub pod_label: Vec<String>,
+
+    /// Where to read `PID/cgroup` files from, for tests. [default: /proc]
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub cgroup_proc_root: Option<PathBuf>,
 }
 
 /// Metrics endpoint and logging.
@@ -397,6 +455,24 @@ pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("`{text}` is not a boolean; use true or false")),
+    }
+}
+
+/// An http(s) URL.
+pub(crate) fn parse_http_url(text: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(text.trim()).map_err(|err| format!("`{}` is not a URL ({err})", text.trim()))?;
+    match url.scheme() {
+        "http" | "https" => Ok(url),
+        other => Err(format!("the scheme must be http or https, not `{other}`")),
+    }
+}
+
+/// `keep` or `drop`, as a bool meaning keep.
+pub(crate) fn parse_keep_drop(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "keep" => Ok(true),
+        "drop" => Ok(false),
+        other => Err(format!("`{other}` is neither keep nor drop")),
     }
 }
 

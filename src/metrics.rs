@@ -58,6 +58,11 @@ pub struct Metrics {
     pub upload_duration: Histogram,
     /// `taskprof_symbolization_failures_total`: addresses that could not be symbolized.
     pub symbolization_failures: Counter,
+    /// `taskprof_samples_filtered_total`: samples of processes the filters left out.
+    pub samples_filtered: Counter,
+    /// `taskprof_kubernetes_metadata_missing_total`: times a container's pod
+    /// was not known (API server unreachable or behind).
+    pub kubernetes_metadata_missing: Counter,
     /// `taskprof_tracked_processes`: processes whose mappings are being tracked.
     pub tracked_processes: Gauge,
     /// `taskprof_ready`: 1 once the agent samples and delivers, else 0.
@@ -161,6 +166,20 @@ impl Metrics {
                 &mut r,
                 "taskprof_symbolization_failures",
                 "Addresses that could not be symbolized",
+                None,
+                Counter::default(),
+            ),
+            samples_filtered: register(
+                &mut r,
+                "taskprof_samples_filtered",
+                "Samples of processes the namespace, pod or container filters left out",
+                None,
+                Counter::default(),
+            ),
+            kubernetes_metadata_missing: register(
+                &mut r,
+                "taskprof_kubernetes_metadata_missing",
+                "Times a container's pod metadata was unknown (API server unreachable or behind)",
                 None,
                 Counter::default(),
             ),

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::bpf::{ProcessEvent, Window};
+use crate::containers::{ContainerLabeler, Verdict};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey, ProcessTable};
 use crate::profile::{symbolize_samples, Sample};
@@ -41,6 +42,7 @@ pub struct WindowProcessor {
     /// The last window each process had samples in.
     last_seen: HashMap<ProcessKey, u64>,
     windows: u64,
+    containers: Option<ContainerLabeler>,
 }
 
 /// What a window produced besides its batch.
@@ -48,6 +50,8 @@ pub struct WindowProcessor {
 pub struct WindowReport {
     /// Samples in the emitted profiles.
     pub samples: u64,
+    /// Samples of processes the filters left out.
+    pub filtered: u64,
     /// Processes forgotten after this window.
     pub forgotten: usize,
 }
@@ -64,6 +68,25 @@ impl WindowProcessor {
             gone: HashMap::default(),
             last_seen: HashMap::default(),
             windows: 0,
+            containers: None,
+        }
+    }
+
+    /// Adds container and pod labels, and the operator's filters.
+    pub fn with_containers(mut self, labeler: ContainerLabeler) -> WindowProcessor {
+        self.containers = Some(labeler);
+        self
+    }
+
+    /// Processes in containers whose pod metadata was missing, so far.
+    pub fn missing_metadata(&self) -> u64 {
+        self.containers.as_ref().map_or(0, ContainerLabeler::missing_metadata)
+    }
+
+    fn verdict(&mut self, key: ProcessKey) -> Verdict {
+        match &mut self.containers {
+            Some(labeler) => labeler.verdict(key),
+            None => Verdict::Keep(Vec::new()),
         }
     }
 
@@ -74,6 +97,10 @@ impl WindowProcessor {
             match event {
                 ProcessEvent::New { tgid, incarnation } => {
                     let key = ProcessKey { tgid, incarnation };
+                    // Excluded processes are never captured.
+                    if self.verdict(key) == Verdict::Drop {
+                        continue;
+                    }
                     self.processes.observe(key);
                     self.last_seen.insert(key, self.windows);
                 }
@@ -108,9 +135,26 @@ impl WindowProcessor {
     /// samples, labelled for upload. Then forgets what is no longer needed.
     pub fn finish_window(&mut self, window: &Window, start: SystemTime, end: SystemTime) -> (Batch, WindowReport) {
         self.symbolizer.reload_perf_maps();
-        let samples = symbolize_samples(&window.samples, &mut self.processes, &mut self.symbolizer);
+        // Filters first: what they drop is never symbolized.
+        let mut verdicts: BTreeMap<ProcessKey, Verdict> = BTreeMap::new();
+        let mut kept = Vec::with_capacity(window.samples.len());
+        let mut filtered = 0;
+        for raw in &window.samples {
+            let key = ProcessKey {
+                tgid: raw.tgid,
+                incarnation: raw.incarnation,
+            };
+            if let std::collections::btree_map::Entry::Vacant(slot) = verdicts.entry(key) {
+                slot.insert(self.verdict(key));
+            }
+            match verdicts[&key] {
+                Verdict::Keep(_) => kept.push(raw.clone()),
+                Verdict::Drop => filtered += raw.count,
+            }
+        }
+        let samples = symbolize_samples(&kept, &mut self.processes, &mut self.symbolizer);
         let mut by_process: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
-        for (raw, sample) in window.samples.iter().zip(samples) {
+        for (raw, sample) in kept.iter().zip(samples) {
             let key = ProcessKey {
                 tgid: raw.tgid,
                 incarnation: raw.incarnation,
@@ -144,8 +188,12 @@ impl WindowProcessor {
             };
             total += count;
             let process_name = samples[0].process_name.clone();
+            let container_labels = match verdicts.get(key) {
+                Some(Verdict::Keep(labels)) => labels.as_slice(),
+                _ => &[],
+            };
             profiles.push(SeriesProfile {
-                labels: self.series_labels(key.tgid, &process_name),
+                labels: self.series_labels(key.tgid, &process_name, container_labels),
                 pprof_gz,
                 samples: count,
             });
@@ -163,16 +211,26 @@ impl WindowProcessor {
             batch,
             WindowReport {
                 samples: total,
+                filtered,
                 forgotten,
             },
         )
     }
 
-    fn series_labels(&self, pid: u32, process_name: &str) -> Vec<(String, String)> {
+    /// Series labels: `service_name`, `pid`, `comm`, `node`, the container
+    /// and pod labels, then the operator's `--label`s. `service_name` is
+    /// `--service-name` if set, else the pod's (from a pod label or
+    /// `namespace/container`), else the process name.
+    fn series_labels(&self, pid: u32, process_name: &str, container: &[(String, String)]) -> Vec<(String, String)> {
+        let pod_service = container
+            .iter()
+            .find(|(k, _)| k == "service_name")
+            .map(|(_, v)| v.clone());
         let service = self
             .labels
             .service_name
             .clone()
+            .or(pod_service)
             .unwrap_or_else(|| process_name.to_string());
         let mut labels = vec![
             ("service_name".to_string(), service),
@@ -180,7 +238,7 @@ impl WindowProcessor {
             ("comm".to_string(), process_name.to_string()),
             ("node".to_string(), self.labels.node.clone()),
         ];
-        for (k, v) in &self.labels.extra {
+        for (k, v) in container.iter().chain(&self.labels.extra) {
             if !labels.iter().any(|(name, _)| name == k) {
                 labels.push((k.clone(), v.clone()));
             }
@@ -215,6 +273,9 @@ impl WindowProcessor {
         }
         // An ended incarnation never seen by the table needs no entry either.
         self.gone.retain(|_, &mut window| window >= current);
+        if let Some(labeler) = &mut self.containers {
+            labeler.forget(&forget);
+        }
         for key in &forget {
             self.processes.forget(*key);
             self.last_seen.remove(key);

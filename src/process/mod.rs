@@ -7,6 +7,7 @@
 //! is opened once, however many processes map it; the open handle keeps
 //! the file readable even if the process exits or the file is deleted.
 
+pub mod cgroup;
 pub mod maps;
 
 use rustc_hash::FxHashMap as HashMap;
