@@ -85,6 +85,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         None
     };
     let filtering = !kube.container_ids.is_empty() || !kube.keep_host_processes;
+    let pod_stats = pods.clone();
     if pods.is_some() || filtering {
         let selector = match &kube.pod_selector {
             Some(text) => LabelSelector::parse(text).context("--pod-selector")?,
@@ -135,6 +136,11 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         totals.add(&window.stats);
         filtered_total += report.filtered;
         record_window(&metrics, &totals, filtered_total, &processor);
+        if let Some(pods) = &pod_stats {
+            let stats = pods.stats();
+            advance(&metrics.kubernetes_api_errors, stats.list_errors + stats.watch_errors);
+            metrics.kubernetes_pods.set(stats.pods as i64);
+        }
         tracing::info!(
             samples = window.stats.samples,
             in_profiles = report.samples,

@@ -85,7 +85,7 @@ impl ContainerLabeler {
                 let found = pods.lookup_container(container_id);
                 if found.is_none() {
                     self.missing_metadata += 1;
-                    pods.request_refresh();
+                    pods.request_refresh_for(container_id);
                 }
                 found
             }

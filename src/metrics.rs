@@ -63,6 +63,10 @@ pub struct Metrics {
     /// `taskprof_kubernetes_metadata_missing_total`: times a container's pod
     /// was not known (API server unreachable or behind).
     pub kubernetes_metadata_missing: Counter,
+    /// `taskprof_kubernetes_api_errors_total`: failed pod lists and watches.
+    pub kubernetes_api_errors: Counter,
+    /// `taskprof_kubernetes_pods`: pods of this node in the metadata cache.
+    pub kubernetes_pods: Gauge,
     /// `taskprof_tracked_processes`: processes whose mappings are being tracked.
     pub tracked_processes: Gauge,
     /// `taskprof_ready`: 1 once the agent samples and delivers, else 0.
@@ -182,6 +186,20 @@ impl Metrics {
                 "Times a container's pod metadata was unknown (API server unreachable or behind)",
                 None,
                 Counter::default(),
+            ),
+            kubernetes_api_errors: register(
+                &mut r,
+                "taskprof_kubernetes_api_errors",
+                "Pod lists and watches against the API server that failed",
+                None,
+                Counter::default(),
+            ),
+            kubernetes_pods: register(
+                &mut r,
+                "taskprof_kubernetes_pods",
+                "Pods of this node in the metadata cache",
+                None,
+                Gauge::default(),
             ),
             tracked_processes: register(
                 &mut r,

@@ -101,13 +101,7 @@ fn build_client(config: &KubeConfig) -> Result<reqwest::Client, KubeError> {
             path: path.clone(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|err| ca_error(err.to_string()))?;
-        let certificates =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| ca_error(format!("not valid PEM: {err}")))?;
-        if certificates.is_empty() {
-            return Err(ca_error("no PEM certificate found in the file".to_string()));
-        }
-        for certificate in certificates {
+        for certificate in crate::upload::read_ca_certificates(path).map_err(ca_error)? {
             builder = builder.add_root_certificate(certificate);
         }
     }

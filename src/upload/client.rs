@@ -23,6 +23,17 @@ const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));
 /// misconfigured, and the spool keeps the data meanwhile anyway.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
+/// The certificates of a PEM bundle, or why there are none; shared by every
+/// client that trusts an extra CA (uploads, the Kubernetes API).
+pub fn read_ca_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|err| err.to_string())?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| format!("not valid PEM: {err}"))?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate found in the file".to_string());
+    }
+    Ok(certificates)
+}
+
 /// Builds the client shared by the HTTP uploaders: `config.timeout` per
 /// request, rustls with the system roots plus `config.tls_ca_file`, the
 /// credentials and custom headers on every request (marked sensitive), and
@@ -39,13 +50,7 @@ pub fn http_client(config: &UploadConfig) -> Result<reqwest::Client, SetupError>
             path: path.clone(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|err| ca_error(err.to_string()))?;
-        let certificates =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| ca_error(format!("not valid PEM: {err}")))?;
-        if certificates.is_empty() {
-            return Err(ca_error("no PEM certificate found in the file".to_string()));
-        }
-        for certificate in certificates {
+        for certificate in read_ca_certificates(path).map_err(ca_error)? {
             builder = builder.add_root_certificate(certificate);
         }
     }

@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::http_client;
+pub use client::{http_client, read_ca_certificates};
 pub use delivery::{Delivery, DeliveryHandle, DeliveryOptions, DeliverySummary, Submission};
 pub use file::FileUploader;
 pub use parca::ParcaUploader;
