@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests under deploy/kubernetes against the
+# schemas of current Kubernetes releases, strictly: a misspelt or unknown
+# field is an error, and so is a missing required one. Exits non-zero on
+# the first invalid manifest.
+#
+# What is checked:
+#   - every resource file of deploy/kubernetes/base on its own, so an error
+#     names the file it is in;
+#   - what each kustomization renders (deploy/kubernetes, parca/,
+#     privileged/), so the overlays are checked as the cluster would get
+#     them. Their patch files are partial resources and kustomization.yaml
+#     is not a resource, so those are only checked through the rendering.
+#
+# kubernetes-validate (PyPI) is installed into a venv under target/ on the
+# first run; `kubectl kustomize` renders the kustomizations.
+#   scripts/validate-manifests.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The validator's release fixes the newest schema it knows; 1.31 stands for
+# the older clusters still in wide use.
+VALIDATOR_VERSION=1.37.0
+KUBERNETES_VERSIONS=(1.37 1.31)
+
+venv=target/manifest-venv
+validator="$venv/bin/kubernetes-validate"
+if [[ "$("$validator" --version 2>/dev/null || true)" != "$VALIDATOR_VERSION" ]]; then
+    if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "validate-manifests: python3 cannot create a venv; install python3-venv" >&2
+            exit 1
+        fi
+        echo "validate-manifests: installing python3-venv" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+    fi
+    echo "validate-manifests: installing kubernetes-validate $VALIDATOR_VERSION into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$VALIDATOR_VERSION"
+fi
+
+if ! command -v kubectl >/dev/null; then
+    echo "validate-manifests: kubectl not found; it renders the kustomizations (kubectl kustomize)." >&2
+    echo "validate-manifests: install kubectl 1.27 or newer, or kustomize, and run again" >&2
+    exit 1
+fi
+
+validate() {
+    local version
+    for version in "${KUBERNETES_VERSIONS[@]}"; do
+        "$validator" --strict --quiet --kubernetes-version "$version" "$@"
+    done
+}
+
+checked=0
+for file in deploy/kubernetes/base/*.yaml; do
+    [[ "$(basename "$file")" == kustomization.yaml ]] && continue
+    validate "$file"
+    checked=$((checked + 1))
+done
+
+rendered=target/manifests
+mkdir -p "$rendered"
+for dir in deploy/kubernetes deploy/kubernetes/parca deploy/kubernetes/privileged; do
+    out="$rendered/$(echo "${dir#deploy/}" | tr / -).yaml"
+    kubectl kustomize "$dir" >"$out"
+    validate "$out"
+    checked=$((checked + 1))
+done
+
+echo "validate-manifests: $checked manifests valid against Kubernetes ${KUBERNETES_VERSIONS[*]}"
