@@ -2,7 +2,8 @@
 //! process whose cgroup names a pod's container carry that pod's labels;
 //! without the API server, profiling goes on with the container id alone
 //! and the metadata fills in when the server comes back; namespace filters
-//! drop what they exclude, and account for it.
+//! drop what they exclude, and account for it; watch events (added,
+//! modified, deleted) and a 410 Gone relist reach the profiles' labels.
 
 mod common;
 
@@ -16,6 +17,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use common::agent_run::{wait_until, AgentCommand, TEST_NODE};
+use common::fake_kube::{event, pod, send_split, FakeApi};
 use common::receivers::{Ingest, Receiver};
 use common::{scratch_dir, Fixture, FixtureProgram};
 
@@ -277,4 +279,111 @@ fn excluded_namespaces_are_not_profiled_and_are_accounted() {
         stopped.u64_field("filtered") > 0,
         "filtered samples are not accounted: {stopped:?}"
     );
+}
+
+#[test]
+fn watch_events_and_a_410_relist_reach_the_profiles() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let version = |version: &str, name: &str| {
+        let mut pod = pod(
+            "web",
+            POD_UID,
+            version,
+            &[(CONTAINER_ID, "app")],
+            serde_json::json!({ "app.kubernetes.io/name": name }),
+        );
+        // Scheduled on the agent's node.
+        pod["spec"]["nodeName"] = serde_json::json!(TEST_NODE);
+        pod
+    };
+    let api = runtime.block_on(FakeApi::start());
+    api.set_list("100", vec![version("100", "storefront-v1")]);
+    // The first watch streams events; when it ends, the next watch gets
+    // 410 Gone, and after the relist a second stream opens.
+    let first_watch = api.watch_stream();
+    api.watch_gone();
+    let second_watch = api.watch_stream();
+
+    let fixture = Fixture::spawn(FixtureProgram::Chain, 60.0);
+    let dir = scratch_dir();
+    let receiver = Receiver::accepting();
+    let mut agent = kubernetes_agent(&receiver, &format!("http://{}", api.addr), &fixture, dir.path()).spawn();
+    agent.wait_until_sampling();
+    let service_is = |name: &'static str| {
+        let receiver = &receiver;
+        move || receiver.ingests().iter().any(|i| i.label("service_name") == name)
+    };
+    let labels_seen = || {
+        let names: std::collections::BTreeSet<String> = receiver
+            .ingests()
+            .iter()
+            .map(|i| i.label("service_name").to_string())
+            .collect();
+        format!("service names so far: {names:?}; API requests: {:?}", api.requests())
+    };
+    wait_until(
+        "the listed pod's labels",
+        WAIT,
+        service_is("storefront-v1"),
+        labels_seen,
+    );
+    let listed = receiver
+        .ingests()
+        .into_iter()
+        .find(|i| i.label("service_name") == "storefront-v1")
+        .unwrap();
+    for (name, expected) in [
+        ("namespace", "shop"),
+        ("pod", "web"),
+        ("container", "app"),
+        ("workload", "web"),
+    ] {
+        assert_eq!(listed.label(name), expected, "label `{name}` of {:?}", listed.labels);
+    }
+
+    runtime.block_on(send_split(
+        &first_watch,
+        &event("MODIFIED", version("101", "storefront-v2")),
+        &[33],
+    ));
+    wait_until(
+        "the MODIFIED pod's labels",
+        WAIT,
+        service_is("storefront-v2"),
+        labels_seen,
+    );
+
+    // The pod is deleted and created again: DELETED then ADDED.
+    runtime.block_on(send_split(
+        &first_watch,
+        &event("DELETED", version("102", "storefront-v2")),
+        &[9],
+    ));
+    runtime.block_on(send_split(
+        &first_watch,
+        &event("ADDED", version("103", "storefront-v3")),
+        &[7, 60],
+    ));
+    wait_until("the ADDED pod's labels", WAIT, service_is("storefront-v3"), labels_seen);
+
+    // The stream ends; the next watch answers 410 Gone; the agent relists
+    // and finds the pod as the list now has it.
+    api.set_list("200", vec![version("200", "storefront-v4")]);
+    let lists_before = api.lists().len();
+    drop(first_watch);
+    wait_until(
+        "a profile labelled after the relist",
+        WAIT,
+        service_is("storefront-v4"),
+        labels_seen,
+    );
+    assert!(api.lists().len() > lists_before, "the 410 did not force a relist");
+
+    agent.terminate(EXIT_TIMEOUT).assert_success();
+    receiver.assert_all_valid();
+    drop(second_watch);
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use taskprof::pprof::proto::{Profile, Sample};
 
 pub mod agent_run;
+pub mod fake_kube;
 pub mod receivers;
 
 /// Flags every fixture is built with: frame pointers for the unwinder,
