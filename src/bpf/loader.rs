@@ -57,7 +57,7 @@ pub enum SamplerError {
     #[error(
         "taskprof needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its BPF program; \
          missing: {missing}. Run it as root, or grant them: \
-         `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep $(which taskprof)`"
+         `sudo setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search,cap_checkpoint_restore,cap_syslog+ep $(which taskprof)`"
     )]
     MissingCapabilities {
         /// The capabilities that are not effective.
