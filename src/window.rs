@@ -42,6 +42,7 @@ pub struct WindowProcessor {
     /// The last window each process had samples in.
     last_seen: HashMap<ProcessKey, u64>,
     windows: u64,
+    last_sequence: u64,
     containers: Option<ContainerLabeler>,
 }
 
@@ -68,6 +69,7 @@ impl WindowProcessor {
             gone: HashMap::default(),
             last_seen: HashMap::default(),
             windows: 0,
+            last_sequence: 0,
             containers: None,
         }
     }
@@ -181,8 +183,8 @@ impl WindowProcessor {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     // Encoding into memory does not fail in practice; if it
-                    // ever does, the samples are counted, not silently lost.
-                    tracing::error!(pid = key.tgid, error = %err, "failed to encode a profile");
+                    // ever does, say so loudly with the samples it drops.
+                    tracing::error!(pid = key.tgid, samples = count, error = %err, "failed to encode a profile");
                     continue;
                 }
             };
@@ -201,8 +203,12 @@ impl WindowProcessor {
 
         let forgotten = self.forget_finished();
         self.windows += 1;
+        // Strictly increasing, even if two windows end in the same
+        // millisecond: the spool keys windows by sequence.
+        let sequence = sequence_of(end).max(self.last_sequence + 1);
+        self.last_sequence = sequence;
         let batch = Batch {
-            sequence: sequence_of(end),
+            sequence,
             start,
             end,
             profiles,
