@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/install-deps.sh
 cargo build --release --locked
-exec ./target/release/taskprof profile --duration 30s --output profile.pb.gz "$@"
+# The defaults are a 30 s whole-host profile into profile.pb.gz.
+exec "${CARGO_TARGET_DIR:-target}/release/taskprof" profile "$@"
