@@ -435,16 +435,7 @@ mod tests {
     use crate::upload::{Protocol, Secret};
 
     fn config(url: &str) -> UploadConfig {
-        UploadConfig {
-            protocol: Protocol::Pyroscope,
-            url: Url::parse(url).expect("test URL"),
-            timeout: Duration::from_secs(5),
-            concurrency: 2,
-            auth: Auth::None,
-            headers: Vec::new(),
-            tls_ca_file: None,
-            tls_insecure_skip_verify: false,
-        }
+        crate::upload::test_support::upload_config(Protocol::Pyroscope, url)
     }
 
     fn at(secs: u64) -> SystemTime {

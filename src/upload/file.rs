@@ -135,30 +135,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::upload::{Auth, Protocol};
-
-    fn profile(labels: &[(&str, &str)], body: &[u8]) -> SeriesProfile {
-        SeriesProfile {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            pprof_gz: body.to_vec(),
-            samples: 5,
-        }
-    }
+    use crate::upload::test_support::{series_profile as profile, upload_config};
+    use crate::upload::Protocol;
 
     #[tokio::test]
     async fn profiles_and_labels_land_in_the_directory() {
         let root = tempfile::tempdir().expect("tempdir");
         let dir = root.path().join("out/nested");
-        let config = UploadConfig {
-            protocol: Protocol::File,
-            url: url::Url::from_directory_path(&dir).expect("file URL"),
-            timeout: Duration::from_secs(1),
-            concurrency: 1,
-            auth: Auth::None,
-            headers: Vec::new(),
-            tls_ca_file: None,
-            tls_insecure_skip_verify: false,
-        };
+        let url = url::Url::from_directory_path(&dir).expect("file URL");
+        let config = upload_config(Protocol::File, url.as_str());
         let uploader = FileUploader::new(&config).expect("creates the directory");
         let profiles = vec![
             profile(&[("service_name", "kworker/0:1"), ("pid", "12")], b"one"),
@@ -191,16 +176,7 @@ mod tests {
 
     #[test]
     fn non_file_urls_are_refused() {
-        let config = UploadConfig {
-            protocol: Protocol::File,
-            url: url::Url::parse("http://host/dir").expect("URL"),
-            timeout: Duration::from_secs(1),
-            concurrency: 1,
-            auth: Auth::None,
-            headers: Vec::new(),
-            tls_ca_file: None,
-            tls_insecure_skip_verify: false,
-        };
+        let config = upload_config(Protocol::File, "http://host/dir");
         assert!(FileUploader::new(&config).is_err());
     }
 }

@@ -22,6 +22,39 @@ mod pyroscope;
 mod spool;
 mod types;
 
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Values the uploaders' tests build again and again.
+
+    use std::time::Duration;
+
+    use super::{Auth, Protocol, SeriesProfile, UploadConfig};
+
+    /// An upload configuration for `protocol` at `url`, with no credentials,
+    /// headers or TLS settings, a 5 s timeout and two requests in flight.
+    pub(crate) fn upload_config(protocol: Protocol, url: &str) -> UploadConfig {
+        UploadConfig {
+            protocol,
+            url: url::Url::parse(url).expect("test URL"),
+            timeout: Duration::from_secs(5),
+            concurrency: 2,
+            auth: Auth::None,
+            headers: Vec::new(),
+            tls_ca_file: None,
+            tls_insecure_skip_verify: false,
+        }
+    }
+
+    /// A profile with `labels` whose pprof bytes are `body`.
+    pub(crate) fn series_profile(labels: &[(&str, &str)], body: &[u8]) -> SeriesProfile {
+        SeriesProfile {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            pprof_gz: body.to_vec(),
+            samples: 1,
+        }
+    }
+}
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -228,11 +261,7 @@ mod tests {
     use super::*;
 
     fn profile(labels: &[(&str, &str)]) -> SeriesProfile {
-        SeriesProfile {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            pprof_gz: vec![1, 2, 3],
-            samples: 3,
-        }
+        test_support::series_profile(labels, &[1, 2, 3])
     }
 
     #[test]

@@ -180,15 +180,8 @@ mod tests {
 
     use super::*;
     use crate::upload::client::test_server::TestServer;
-    use crate::upload::{Auth, Protocol};
-
-    fn profile(labels: &[(&str, &str)], body: &[u8]) -> SeriesProfile {
-        SeriesProfile {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            pprof_gz: body.to_vec(),
-            samples: 1,
-        }
-    }
+    use crate::upload::test_support::{series_profile as profile, upload_config};
+    use crate::upload::Protocol;
 
     fn decode(value: &Value) -> Vec<u8> {
         let text = value.as_str().expect("rawProfile is a string");
@@ -271,14 +264,8 @@ mod tests {
     async fn one_request_carries_the_window_and_its_result_goes_to_every_profile() {
         let server = TestServer::start(vec![(500, Vec::new(), "boom".to_string())]).await;
         let config = UploadConfig {
-            protocol: Protocol::Parca,
-            url: Url::parse(&format!("http://{}/", server.addr)).expect("URL"),
-            timeout: Duration::from_secs(5),
             concurrency: 1,
-            auth: Auth::None,
-            headers: Vec::new(),
-            tls_ca_file: None,
-            tls_insecure_skip_verify: false,
+            ..upload_config(Protocol::Parca, &format!("http://{}/", server.addr))
         };
         let uploader = ParcaUploader::new(&config, Metrics::new()).expect("uploader");
         let profiles = vec![profile(&[("pid", "1")], b"a"), profile(&[("pid", "2")], b"b")];

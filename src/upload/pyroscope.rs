@@ -148,15 +148,8 @@ mod tests {
 
     use super::*;
     use crate::upload::client::test_server::TestServer;
+    use crate::upload::test_support::{series_profile as profile, upload_config};
     use crate::upload::{Auth, Protocol, Secret};
-
-    fn profile(labels: &[(&str, &str)], body: &[u8]) -> SeriesProfile {
-        SeriesProfile {
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            pprof_gz: body.to_vec(),
-            samples: 1,
-        }
-    }
 
     fn window(profiles: Vec<SeriesProfile>) -> Batch {
         Batch {
@@ -212,14 +205,8 @@ mod tests {
     async fn each_profile_is_posted_with_its_bytes_and_result() {
         let server = TestServer::start(Vec::new()).await;
         let config = UploadConfig {
-            protocol: Protocol::Pyroscope,
-            url: Url::parse(&format!("http://{}/", server.addr)).expect("URL"),
-            timeout: Duration::from_secs(5),
-            concurrency: 2,
             auth: Auth::Bearer(Secret::new("t0ken")),
-            headers: Vec::new(),
-            tls_ca_file: None,
-            tls_insecure_skip_verify: false,
+            ..upload_config(Protocol::Pyroscope, &format!("http://{}/", server.addr))
         };
         let uploader = PyroscopeUploader::new(&config, Metrics::new()).expect("uploader");
         let profiles: Vec<_> = (0..5)
