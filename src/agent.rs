@@ -13,7 +13,7 @@ use anyhow::Context;
 use crate::agent_config::AgentConfig;
 use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig};
 use crate::containers::{ContainerLabeler, LabelerSettings};
-use crate::kubernetes::{KubeConfig, LabelOptions, LabelSelector, PodCache, PodFilter};
+use crate::kubernetes::{KubeConfig, LabelOptions, PodCache, PodFilter};
 use crate::metrics::Metrics;
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
 use crate::window::{SeriesLabels, WindowProcessor};
@@ -87,17 +87,13 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let filtering = !kube.container_ids.is_empty() || !kube.keep_host_processes;
     let pod_stats = pods.clone();
     if pods.is_some() || filtering {
-        let selector = match &kube.pod_selector {
-            Some(text) => LabelSelector::parse(text).context("--pod-selector")?,
-            None => LabelSelector::default(),
-        };
         processor = processor.with_containers(ContainerLabeler::new(LabelerSettings {
             cgroup_proc_root: kube.cgroup_proc_root.clone(),
             pods,
             filter: PodFilter {
                 namespaces: kube.namespaces.clone(),
                 exclude_namespaces: kube.exclude_namespaces.clone(),
-                selector,
+                selector: kube.pod_selector.clone(),
                 container_ids: kube.container_ids.clone(),
             },
             keep_host_processes: kube.keep_host_processes,

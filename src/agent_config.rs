@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+
+use crate::kubernetes::LabelSelector;
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -90,8 +92,8 @@ pub struct KubernetesSettings {
     pub namespaces: Vec<String>,
     /// Namespaces to drop.
     pub exclude_namespaces: Vec<String>,
-    /// Pod label selector.
-    pub pod_selector: Option<String>,
+    /// Pod label selector (empty: every pod).
+    pub pod_selector: LabelSelector,
     /// Container ids (or prefixes) to keep (empty: all).
     pub container_ids: Vec<String>,
     /// Keep processes that are in no container.
@@ -573,9 +575,9 @@ impl Sources<'_> {
                 POD_SELECTOR,
                 args.pod_selector,
                 file.pod_selector.take(),
-                parse_selector,
+                cli::parse_selector,
             )?
-            .map(|s| s.value);
+            .map_or_else(LabelSelector::default, |s| s.value);
         let container_ids = self
             .list(
                 CONTAINER_ID,
@@ -604,7 +606,7 @@ impl Sources<'_> {
             .list(POD_LABEL, args.pod_label, file.pod_labels.take(), parse_text)?
             .map_or_else(Vec::new, |s| s.value);
         let cgroup_proc_root = args.cgroup_proc_root.unwrap_or_else(|| PathBuf::from("/proc"));
-        let uses_pods = !namespaces.is_empty() || !exclude_namespaces.is_empty() || pod_selector.is_some();
+        let uses_pods = !namespaces.is_empty() || !exclude_namespaces.is_empty() || !pod_selector.is_empty();
         if uses_pods && !enabled {
             return Err(AgentConfigError::Conflict(
                 "--namespace, --exclude-namespace and --pod-selector need pod metadata: add --kubernetes".into(),
@@ -827,11 +829,6 @@ fn parse_from<T>(
 
 fn parse_path(text: &str) -> Result<PathBuf, String> {
     parse_text(text).map(PathBuf::from)
-}
-
-fn parse_selector(text: &str) -> Result<String, String> {
-    crate::kubernetes::LabelSelector::parse(text.trim()).map_err(|err| err.to_string())?;
-    Ok(text.trim().to_string())
 }
 
 fn parse_container_id(text: &str) -> Result<String, String> {

@@ -262,8 +262,8 @@ pub struct KubernetesArgs {
     pub exclude_namespace: Vec<String>,
 
     /// Only profile pods matching this label selector, e.g. `app=web,tier!=cache`.
-    #[arg(long, value_name = "SELECTOR")]
-    pub pod_selector: Option<String>,
+    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
+    pub pod_selector: Option<crate::kubernetes::LabelSelector>,
 
     /// Only profile this container (repeatable; a prefix of 12+ characters works).
     #[arg(long = "container-id", value_name = "ID")]
@@ -456,6 +456,11 @@ pub(crate) fn parse_bool(text: &str) -> Result<bool, String> {
         "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("`{text}` is not a boolean; use true or false")),
     }
+}
+
+/// A Kubernetes label selector, e.g. `app=web,tier!=cache`.
+pub(crate) fn parse_selector(text: &str) -> Result<crate::kubernetes::LabelSelector, String> {
+    crate::kubernetes::LabelSelector::parse(text.trim()).map_err(|err| err.to_string())
 }
 
 /// An http(s) URL.
