@@ -14,7 +14,7 @@ use crate::agent_config::AgentConfig;
 use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig};
 use crate::containers::{ContainerLabeler, LabelerSettings};
 use crate::kubernetes::{KubeConfig, LabelOptions, PodCache, PodFilter};
-use crate::metrics::Metrics;
+use crate::metrics::{raise_to, Metrics};
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
 use crate::window::{SeriesLabels, WindowProcessor};
 
@@ -134,7 +134,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         record_window(&metrics, &totals, filtered_total, &processor);
         if let Some(pods) = &pod_stats {
             let stats = pods.stats();
-            advance(&metrics.kubernetes_api_errors, stats.list_errors + stats.watch_errors);
+            raise_to(&metrics.kubernetes_api_errors, stats.list_errors + stats.watch_errors);
             metrics.kubernetes_pods.set(stats.pods as i64);
         }
         tracing::info!(
@@ -190,17 +190,9 @@ fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, process
     metrics.set_stacks_lost_total("kernel_stacks_map_full", totals.kernel_stack_map_full);
     metrics.set_stacks_lost_total("kernel_capture_error", totals.kernel_stack_error);
     metrics.set_symbolization_failures_total(processor.symbolization_failures());
-    advance(&metrics.samples_filtered, filtered);
-    advance(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
+    raise_to(&metrics.samples_filtered, filtered);
+    raise_to(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
     metrics.tracked_processes.set(processor.tracked_processes() as i64);
-}
-
-/// Moves a counter up to an absolute total.
-fn advance(counter: &prometheus_client::metrics::counter::Counter, total: u64) {
-    let now = counter.get();
-    if total > now {
-        counter.inc_by(total - now);
-    }
 }
 
 /// The API server connection: in-cluster defaults, each overridable.

@@ -296,7 +296,7 @@ fn cause_labels(cause: &str) -> CauseLabels {
 
 /// Moves a counter up to `total`. `fetch_max` keeps it monotonic and exact
 /// even when two threads report totals at once.
-fn raise_to(counter: &Counter, total: u64) {
+pub fn raise_to(counter: &Counter, total: u64) {
     counter.inner().fetch_max(total, Ordering::Relaxed);
 }
 
