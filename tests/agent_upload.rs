@@ -70,19 +70,31 @@ fn assert_fixture_labels(ingest: &Ingest, fixture: &Fixture) {
     }
 }
 
-#[test]
-fn pyroscope_receives_every_window_labelled_with_the_fixture_stacks() {
+/// Runs the fixture for four windows through `protocol` and checks what any
+/// backend must see: only valid requests, each window once and in order, at
+/// least four profiles, each from `api` with the fixture's labels and hot
+/// stack, and no sample lost. Returns them for the protocol's own checks.
+fn delivered_fixture_profiles(protocol: &str, api: Api) -> (Receiver, Vec<Ingest>) {
     let receiver = Receiver::accepting();
-    let (fixture, exit) = run_on_fixture("pyroscope", &receiver, &[("--label", "team=profiling")], 4);
+    let (fixture, exit) = run_on_fixture(protocol, &receiver, &[("--label", "team=profiling")], 4);
     receiver.assert_all_valid();
     let ingests = receiver.ingests();
     assert_each_window_delivered_once(&exit, &ingests);
     assert_windows_in_order(&ingests);
     assert!(ingests.len() >= 4, "only {} profiles arrived", ingests.len());
     for ingest in &ingests {
-        assert_eq!(ingest.api, Api::Pyroscope);
+        assert_eq!(ingest.api, api);
         assert_fixture_labels(ingest, &fixture);
-        assert_has_hot_stack(&ingest.profile, "a Pyroscope upload");
+        assert_has_hot_stack(&ingest.profile, &format!("a {protocol} upload"));
+    }
+    assert_no_sample_lost(&exit, &ingests, 0);
+    (receiver, ingests)
+}
+
+#[test]
+fn pyroscope_receives_every_window_labelled_with_the_fixture_stacks() {
+    let (_receiver, ingests) = delivered_fixture_profiles("pyroscope", Api::Pyroscope);
+    for ingest in &ingests {
         // Pyroscope files the profile as process_cpu because of this.
         let view = ProfileView::new(&ingest.profile);
         assert!(
@@ -101,23 +113,13 @@ fn pyroscope_receives_every_window_labelled_with_the_fixture_stacks() {
             "from={from} until={until} do not cover a 1 s window starting at {start}"
         );
     }
-    assert_no_sample_lost(&exit, &ingests, 0);
 }
 
 #[test]
 fn parca_receives_every_window_labelled_with_the_fixture_stacks() {
-    let receiver = Receiver::accepting();
-    let (fixture, exit) = run_on_fixture("parca", &receiver, &[("--label", "team=profiling")], 4);
-    receiver.assert_all_valid();
-    let ingests = receiver.ingests();
-    assert_each_window_delivered_once(&exit, &ingests);
-    assert_windows_in_order(&ingests);
-    assert!(ingests.len() >= 4, "only {} profiles arrived", ingests.len());
+    let (receiver, ingests) = delivered_fixture_profiles("parca", Api::Parca);
     for ingest in &ingests {
-        assert_eq!(ingest.api, Api::Parca);
         assert_eq!(ingest.label("__name__"), "parca_agent_cpu");
-        assert_fixture_labels(ingest, &fixture);
-        assert_has_hot_stack(&ingest.profile, "a Parca upload");
     }
     for request in receiver.requests() {
         assert_eq!(request.path, "/api/profiles/writeraw");
@@ -126,7 +128,6 @@ fn parca_receives_every_window_labelled_with_the_fixture_stacks() {
             "the JSON gateway cannot undo Content-Encoding"
         );
     }
-    assert_no_sample_lost(&exit, &ingests, 0);
 }
 
 /// The whole host: many processes, kernel threads with names such as
