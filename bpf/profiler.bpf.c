@@ -19,6 +19,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* Set by userspace before load. */
 const volatile bool filter_tgids = false;
+/* Walk user stacks with the unwind tables (else the kernel's frame-pointer
+ * walk, --unwind=fp). */
+const volatile bool table_unwind = true;
 
 /* Written by userspace through the mmapped .bss at window boundaries. */
 volatile __u32 generation = 0;
@@ -91,8 +94,38 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } process_events SEC(".maps");
 
+/* One file's unwind rows; each table is its own array sized to fit. */
+struct unwind_rows_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, struct unwind_row);
+	__uint(max_entries, 1);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, TASKPROF_MAX_UNWIND_TABLES);
+	__type(key, __u32);
+	__array(values, struct unwind_rows_map);
+} unwind_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct unwind_process);
+	__uint(max_entries, 16384);
+} unwind_processes SEC(".maps");
+
 /* Pull types into BTF so the skeleton generates them for Rust. */
 struct process_event _process_event_btf = {};
+struct unwind_row _unwind_row_btf = {};
+struct unwind_process _unwind_process_btf = {};
+enum unwind_status _unwind_status_btf = UNWIND_NOT_WALKED;
+enum unwind_cfa_kind _unwind_cfa_kind_btf = CFA_NO_INFO;
+enum unwind_rbp_kind _unwind_rbp_kind_btf = RBP_UNCHANGED;
+enum unwind_limit _unwind_limit_btf = TASKPROF_MAX_UNWIND_TABLES;
 enum stat_index _stat_index_btf = STAT_MAX;
 enum stack_status _stack_status_btf = STACK_NONE;
 enum process_event_kind _process_event_kind_btf = PROCESS_NEW;
@@ -109,7 +142,7 @@ static __always_inline void stat_inc(__u32 gen, __u32 index)
 /* A 64-bit hash of a stack's frames (a multiply-rotate mix per frame). */
 static __always_inline __u64 hash_stack(const struct stack_trace *trace)
 {
-	__u64 hash = 0x9e3779b97f4a7c15ULL ^ trace->len;
+	__u64 hash = 0x9e3779b97f4a7c15ULL ^ trace->len ^ ((__u64)trace->status << 32);
 
 	for (int i = 0; i < TASKPROF_MAX_STACK_DEPTH; i++) {
 		if (i >= trace->len)
@@ -124,6 +157,9 @@ static __always_inline __u64 hash_stack(const struct stack_trace *trace)
 	return hash;
 }
 
+static __always_inline __u64 save_stack(struct stack_trace *trace, void *stacks,
+					__u32 gen, __u32 full_stat);
+
 /*
  * Captures the stack selected by `flags` into `stacks` and returns its id,
  * or an enum stack_status saying why there is none.
@@ -135,7 +171,6 @@ static __always_inline __u64 store_stack(struct bpf_perf_event_data *ctx,
 	__u32 zero = 0;
 	struct stack_trace *trace;
 	long size;
-	__u64 id;
 
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (!trace) {
@@ -149,27 +184,26 @@ static __always_inline __u64 store_stack(struct bpf_perf_event_data *ctx,
 		stat_inc(gen, error_stat);
 		return STACK_ERROR;
 	}
-	trace->len = (__u64)size / sizeof(__u64);
+	trace->len = (__u32)((__u64)size / sizeof(__u64));
+	trace->status = UNWIND_NOT_WALKED;
+	return save_stack(trace, stacks, gen, full_stat);
+}
+
+/* Stores a captured stack in `stacks`, returning its id. */
+static __always_inline __u64 save_stack(struct stack_trace *trace, void *stacks,
+					__u32 gen, __u32 full_stat)
+{
+	__u64 id;
+	long err;
+
 	id = hash_stack(trace);
 	if (bpf_map_lookup_elem(stacks, &id))
 		return id;
-	size = bpf_map_update_elem(stacks, &id, trace, BPF_NOEXIST);
-	if (size == 0 || size == -EEXIST)
+	err = bpf_map_update_elem(stacks, &id, trace, BPF_NOEXIST);
+	if (err == 0 || err == -EEXIST)
 		return id;
 	stat_inc(gen, full_stat);
 	return STACK_MAP_FULL;
-}
-
-/*
- * The one place that captures a user stack. The .eh_frame unwinder will
- * replace this function's body; its contract (an id into `stacks`, or an
- * enum stack_status) stays.
- */
-static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
-						void *stacks, __u32 gen)
-{
-	return store_stack(ctx, stacks, gen, BPF_F_USER_STACK,
-			   STAT_USER_STACK_MAP_FULL, STAT_USER_STACK_ERROR);
 }
 
 static __always_inline __u64 capture_kernel_stack(struct bpf_perf_event_data *ctx,
@@ -220,6 +254,391 @@ static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
 	return incarnation;
 }
 
+/*
+ * The user-stack unwinder. Starting from the task's user registers it
+ * walks one frame per bpf_loop iteration: find the mapping holding the pc,
+ * then the unwind row in force there, compute the CFA, and read the return
+ * address and the caller's rbp. Where no table covers the pc it follows
+ * frame pointers instead.
+ *
+ * Only user_regs() and the register names in the walk are x86_64; arm64
+ * would add its register set there (pc, sp, fp and the link register).
+ */
+struct unwind_walk {
+	struct stack_trace *trace;
+	struct unwind_process *proc;
+	__u64 ip;
+	__u64 sp;
+	__u64 bp;
+	__u32 status;
+	__u32 tgid;
+	__u32 gen;
+	/* ip is a return address: look up ip - 1, inside the call. */
+	bool adjust;
+};
+
+/* The sampled task's user registers: the interrupted ones for a sample
+ * taken in user mode, else those saved when it entered the kernel. False
+ * for kernel threads, which have none. */
+static __always_inline bool user_regs(struct bpf_perf_event_data *ctx,
+				      struct unwind_walk *walk)
+{
+	/* Each field is read with its own load: the verifier rejects a load
+	 * through a ctx pointer that was moved first. */
+	__u64 cs = ctx->regs.cs, ip = ctx->regs.rip, sp = ctx->regs.rsp, rbp;
+	struct pt_regs regs;
+	long saved;
+
+	asm volatile("%0 = *(u64 *)(%1 + %2)" : "=r"(rbp) : "r"(ctx),
+		     "i"(__builtin_offsetof(struct bpf_perf_event_data, regs.rbp)));
+	if ((cs & 3) == 3) {
+		walk->ip = ip;
+		walk->sp = sp;
+		walk->bp = rbp;
+		return true;
+	}
+	saved = bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!saved || bpf_probe_read_kernel(&regs, sizeof(regs), (void *)saved))
+		return false;
+	if ((regs.cs & 3) != 3)
+		return false;
+	walk->ip = regs.rip;
+	walk->sp = regs.rsp;
+	walk->bp = regs.rbp;
+	return true;
+}
+
+static __always_inline int read_user_u64(__u64 *value, __u64 address)
+{
+	return bpf_probe_read_user(value, sizeof(*value), (const void *)address);
+}
+
+/*
+ * The two binary searches are global functions: the verifier checks each
+ * once, on its own, instead of once per path of the unwinder that calls
+ * it. Both update their bounds without branching (`below` is 1 when the
+ * probed entry starts at or below the target, from the sign of a
+ * subtraction), which keeps each search a single path.
+ */
+
+/* Index of the mapping of `tgid` that holds `pc`, or -1. User addresses
+ * are below 2^63, so the sign of `start - pc - 1` says whether start <= pc. */
+__attribute__((noinline)) int unwind_find_mapping(__u32 tgid, __u64 pc)
+{
+	struct unwind_process *proc;
+	__u32 key = tgid, lo = 0, hi, mid, below, index;
+
+	proc = bpf_map_lookup_elem(&unwind_processes, &key);
+	if (!proc)
+		return -1;
+	hi = proc->count;
+	if (hi > TASKPROF_MAX_UNWIND_MAPPINGS)
+		return -1;
+	for (int i = 0; i < 9; i++) {
+		mid = (lo + (hi - lo) / 2) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1);
+		below = (proc->mappings[mid].start - pc - 1) >> 63;
+		/* Once lo == hi the bounds must stay put. */
+		below &= lo < hi;
+		lo = lo + below * (mid + 1 - lo);
+		hi = hi - (1 - below) * (lo < hi) * (hi - mid);
+	}
+	if (lo == 0)
+		return -1;
+	index = (lo - 1) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1);
+	if (pc >= proc->mappings[index].end)
+		return -1;
+	return index;
+}
+
+/* Index of the row of table `table_id` (`row_count` rows) in force at
+ * `offset`, or -1. */
+__attribute__((noinline)) int unwind_find_row(__u32 table_id, __u32 row_count, __u32 offset)
+{
+	__u32 key = table_id, lo = 0, hi = row_count, mid, below;
+	struct unwind_row *row;
+	void *rows;
+
+	rows = bpf_map_lookup_elem(&unwind_tables, &key);
+	if (!rows)
+		return -1;
+	for (int i = 0; i < 24; i++) {
+		if (lo >= hi)
+			break;
+		mid = lo + (hi - lo) / 2;
+		row = bpf_map_lookup_elem(rows, &mid);
+		if (!row)
+			return -1;
+		below = ((__u64)row->pc - offset - 1) >> 63;
+		lo = lo + below * (mid + 1 - lo);
+		hi = mid + below * (hi - mid);
+	}
+	if (lo == 0 || lo > 0x7fffffff)
+		return -1;
+	return lo - 1;
+}
+
+/* The row in force at `pc`, found through the process's mappings. */
+static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u64 pc,
+						   bool *unknown)
+{
+	struct unwind_mapping *mapping;
+	__u32 table_id, row_count, key;
+	__u64 offset;
+	void *rows;
+	int index;
+
+	index = unwind_find_mapping(walk->tgid, pc);
+	if (index < 0 || !walk->proc) {
+		*unknown = true;
+		return NULL;
+	}
+	mapping = &walk->proc->mappings[index & (TASKPROF_MAX_UNWIND_MAPPINGS - 1)];
+	table_id = mapping->table_id;
+	row_count = mapping->row_count;
+	if (table_id == TASKPROF_UNWIND_NO_TABLE || pc < mapping->bias)
+		return NULL;
+	offset = pc - mapping->bias;
+	if (offset > 0xffffffffULL)
+		return NULL;
+	index = unwind_find_row(table_id, row_count, (__u32)offset);
+	if (index < 0)
+		return NULL;
+	rows = bpf_map_lookup_elem(&unwind_tables, &table_id);
+	if (!rows)
+		return NULL;
+	key = index;
+	return bpf_map_lookup_elem(rows, &key);
+}
+
+/* Asks userspace, at most once a second per process, to read the
+ * process's mappings again. */
+static __always_inline void request_refresh(struct unwind_walk *walk)
+{
+	struct unwind_process *proc = walk->proc;
+	__u64 now = bpf_ktime_get_ns(), last;
+
+	if (!proc)
+		return;
+	last = proc->refresh_requested_ns;
+	if (now - last < 1000000000ULL)
+		return;
+	if (__sync_val_compare_and_swap(&proc->refresh_requested_ns, last, now) != last)
+		return;
+	send_event(walk->tgid, proc->incarnation, PROCESS_MAPPINGS_CHANGED, walk->gen);
+}
+
+/* Follows the frame pointer chain one frame. */
+static __always_inline long frame_pointer_step(struct unwind_walk *walk)
+{
+	__u64 frame[2];
+
+	if (walk->bp == 0) {
+		/* _start and thread entry clear rbp: the chain ends here. */
+		walk->status = UNWIND_COMPLETE;
+		return 1;
+	}
+	if (walk->bp < walk->sp ||
+	    bpf_probe_read_user(frame, sizeof(frame), (const void *)walk->bp)) {
+		walk->status = UNWIND_NO_TABLE;
+		return 1;
+	}
+	walk->ip = frame[1];
+	walk->sp = walk->bp + 16;
+	walk->bp = frame[0];
+	walk->adjust = true;
+	if (walk->ip == 0) {
+		walk->status = UNWIND_COMPLETE;
+		return 1;
+	}
+	return 0;
+}
+
+/* One frame: record ip, then find the caller's registers. Returns 1 to
+ * stop the loop. */
+static long unwind_step(__u64 index, void *arg)
+{
+	struct unwind_walk *walk = arg;
+	struct stack_trace *trace = walk->trace;
+	struct unwind_row *row = NULL;
+	bool unknown = false;
+	__u64 pc, cfa, bp, ra;
+	__u32 len;
+
+	if (!trace)
+		return 1;
+	len = trace->len;
+	if (len >= TASKPROF_MAX_STACK_DEPTH) {
+		walk->status = UNWIND_DEPTH;
+		return 1;
+	}
+	trace->ips[len] = walk->ip;
+	trace->len = len + 1;
+
+	pc = walk->adjust ? walk->ip - 1 : walk->ip;
+	if (walk->proc) {
+		row = find_row(walk, pc, &unknown);
+		if (unknown)
+			request_refresh(walk);
+	}
+	if (!row || row->cfa_kind == CFA_NO_INFO)
+		return frame_pointer_step(walk);
+
+	switch (row->cfa_kind) {
+	case CFA_ROOT:
+		walk->status = UNWIND_COMPLETE;
+		return 1;
+	case CFA_RSP:
+		cfa = walk->sp + (__s64)row->cfa_offset;
+		break;
+	case CFA_RBP:
+		cfa = walk->bp + (__s64)row->cfa_offset;
+		break;
+	case CFA_PLT:
+		cfa = walk->sp + 8 + ((walk->ip & 15) >= (__u64)row->cfa_offset ? 8 : 0);
+		break;
+	case CFA_RBP_DEREF:
+		if (read_user_u64(&cfa, walk->bp + (__s64)row->cfa_offset)) {
+			walk->status = UNWIND_READ_FAILED;
+			return 1;
+		}
+		break;
+	case CFA_SIGNAL:
+		/* The kernel's ucontext at rsp holds the interrupted registers
+		 * (uc_mcontext.gregs: rbp at 120, rsp at 160, rip at 168). */
+		if (read_user_u64(&ra, walk->sp + 168) || read_user_u64(&bp, walk->sp + 120) ||
+		    read_user_u64(&cfa, walk->sp + 160)) {
+			walk->status = UNWIND_READ_FAILED;
+			return 1;
+		}
+		walk->ip = ra;
+		walk->bp = bp;
+		walk->sp = cfa;
+		/* The interrupted ip is not a return address. */
+		walk->adjust = false;
+		return 0;
+	default:
+		walk->status = UNWIND_UNSUPPORTED;
+		return 1;
+	}
+
+	switch (row->rbp_kind) {
+	case RBP_UNCHANGED:
+		bp = walk->bp;
+		break;
+	case RBP_CFA_OFFSET:
+		if (read_user_u64(&bp, cfa + (__s64)row->rbp_offset)) {
+			walk->status = UNWIND_READ_FAILED;
+			return 1;
+		}
+		break;
+	case RBP_RBP_OFFSET:
+		if (read_user_u64(&bp, walk->bp + (__s64)row->rbp_offset)) {
+			walk->status = UNWIND_READ_FAILED;
+			return 1;
+		}
+		break;
+	default:
+		walk->status = UNWIND_UNSUPPORTED;
+		return 1;
+	}
+	/* Every frame lies above its callee's: a CFA at or below rsp means
+	 * the registers are not what the row assumes. */
+	if (cfa <= walk->sp || read_user_u64(&ra, cfa - 8)) {
+		walk->status = UNWIND_READ_FAILED;
+		return 1;
+	}
+	walk->ip = ra;
+	walk->sp = cfa;
+	walk->bp = bp;
+	walk->adjust = true;
+	if (ra == 0) {
+		walk->status = UNWIND_COMPLETE;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u32 unwind_stat(__u32 status)
+{
+	switch (status) {
+	case UNWIND_COMPLETE:
+		return STAT_UNWIND_COMPLETE;
+	case UNWIND_NO_TABLE:
+		return STAT_UNWIND_NO_TABLE;
+	case UNWIND_UNSUPPORTED:
+		return STAT_UNWIND_UNSUPPORTED;
+	case UNWIND_READ_FAILED:
+		return STAT_UNWIND_READ_FAILED;
+	case UNWIND_DEPTH:
+		return STAT_UNWIND_DEPTH;
+	default:
+		return STAT_UNWIND_NOT_LOADED;
+	}
+}
+
+/*
+ * Walks the current task's user stack into the per-CPU `stack_scratch`
+ * and returns how the walk ended (enum unwind_status), or -1 when there is
+ * no user stack (kernel threads) and -2 on error. A global function, so the
+ * verifier checks it once rather than once per generation.
+ */
+__attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx, __u32 tgid,
+						__u32 incarnation, __u32 gen)
+{
+	struct unwind_walk walk = {};
+	struct stack_trace *trace;
+	__u32 key = tgid, zero = 0;
+
+	if (!ctx || !user_regs(ctx, &walk))
+		return -1;
+	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!trace)
+		return -2;
+	trace->len = 0;
+	trace->status = UNWIND_NOT_LOADED;
+	walk.trace = trace;
+	walk.tgid = tgid;
+	walk.gen = gen;
+	walk.proc = bpf_map_lookup_elem(&unwind_processes, &key);
+	/* Incarnation 0: loaded before sampling began (--pid), for whichever
+	 * incarnation is sampled first; exec and exit delete the entry. */
+	if (walk.proc && walk.proc->incarnation != incarnation && walk.proc->incarnation != 0)
+		walk.proc = NULL;
+	walk.status = UNWIND_DEPTH;
+	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &walk, 0);
+	if (!walk.proc)
+		walk.status = UNWIND_NOT_LOADED;
+	trace->status = walk.status;
+	return walk.status;
+}
+
+/*
+ * The one place that captures a user stack: an id into `stacks`, or an
+ * enum stack_status saying why there is none.
+ */
+static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
+						void *stacks, __u32 gen, __u32 tgid,
+						__u32 incarnation)
+{
+	struct stack_trace *trace;
+	__u32 zero = 0;
+	int status;
+
+	if (!table_unwind)
+		return store_stack(ctx, stacks, gen, BPF_F_USER_STACK,
+				   STAT_USER_STACK_MAP_FULL, STAT_USER_STACK_ERROR);
+	status = unwind_user_stack(ctx, tgid, incarnation, gen);
+	if (status == -1)
+		return STACK_NONE;
+	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (status < 0 || !trace) {
+		stat_inc(gen, STAT_USER_STACK_ERROR);
+		return STACK_ERROR;
+	}
+	stat_inc(gen, unwind_stat(status));
+	return save_stack(trace, stacks, gen, STAT_USER_STACK_MAP_FULL);
+}
+
 static __always_inline int record(struct bpf_perf_event_data *ctx,
 				  void *counts, void *stacks, __u32 gen)
 {
@@ -237,7 +656,7 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 	stat_inc(gen, STAT_SAMPLES);
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.incarnation = incarnation_of(key.tgid, gen);
-	key.user_stack_id = capture_user_stack(ctx, stacks, gen);
+	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation);
 	key.kernel_stack_id = capture_kernel_stack(ctx, stacks, gen);
 
 	count = bpf_map_lookup_elem(counts, &key);
@@ -281,6 +700,8 @@ static __always_inline void end_incarnation(void)
 
 	if ((__u32)id != tgid)
 		return;
+	/* The mappings are gone or replaced: never unwind with them again. */
+	bpf_map_delete_elem(&unwind_processes, &tgid);
 	known = bpf_map_lookup_elem(&known_tgids, &tgid);
 	if (!known)
 		return;

@@ -31,10 +31,31 @@ struct sample_key {
 	char comm[TASKPROF_COMM_LEN];
 };
 
-/* A captured stack: `len` instruction pointers, leaf first. */
+/* A captured stack: `len` instruction pointers, leaf first, and for user
+ * stacks walked by the unwinder, how the walk ended (enum unwind_status). */
 struct stack_trace {
-	__u64 len;
+	__u32 len;
+	__u32 status;
 	__u64 ips[TASKPROF_MAX_STACK_DEPTH];
+};
+
+/* How a user stack walk ended. */
+enum unwind_status {
+	/* Not walked by taskprof's unwinder: kernel stacks, and user stacks
+	 * captured with frame pointers by the kernel (--unwind=fp). */
+	UNWIND_NOT_WALKED = 0,
+	/* The walk reached the thread's root frame. */
+	UNWIND_COMPLETE = 1,
+	/* No unwind table covered a frame and frame pointers led nowhere. */
+	UNWIND_NO_TABLE = 2,
+	/* A frame's rule is one the unwinder cannot follow. */
+	UNWIND_UNSUPPORTED = 3,
+	/* Reading the stack failed, or a frame did not move up the stack. */
+	UNWIND_READ_FAILED = 4,
+	/* TASKPROF_MAX_STACK_DEPTH frames were taken. */
+	UNWIND_DEPTH = 5,
+	/* The process's tables were not loaded yet (first samples). */
+	UNWIND_NOT_LOADED = 6,
 };
 
 /* Stack ids that are not stacks. */
@@ -68,7 +89,15 @@ enum stat_index {
 	/* New-process notifications dropped because the ring was full;
 	 * userspace catches up on those processes when it drains. */
 	STAT_PROCESS_EVENT_DROPPED = 7,
-	STAT_MAX = 8,
+	/* User stacks the unwinder walked to the thread's root. */
+	STAT_UNWIND_COMPLETE = 8,
+	/* User stacks the unwinder stopped early, by reason. */
+	STAT_UNWIND_NO_TABLE = 9,
+	STAT_UNWIND_UNSUPPORTED = 10,
+	STAT_UNWIND_READ_FAILED = 11,
+	STAT_UNWIND_DEPTH = 12,
+	STAT_UNWIND_NOT_LOADED = 13,
+	STAT_MAX = 14,
 };
 
 /*
@@ -82,6 +111,9 @@ enum process_event_kind {
 	PROCESS_NEW = 1,
 	/* The group leader exited or exec'd: the incarnation is over. */
 	PROCESS_GONE = 2,
+	/* A sampled address lies outside every mapping userspace loaded for
+	 * the process (a library loaded since): read its mappings again. */
+	PROCESS_MAPPINGS_CHANGED = 3,
 };
 
 struct process_event {
@@ -89,6 +121,79 @@ struct process_event {
 	__u32 incarnation;
 	__u32 kind;
 	__u32 _pad;
+};
+
+/*
+ * Unwind tables. Userspace turns each mapped file's .eh_frame into rows
+ * sorted by address (src/unwind/table.rs), stores each file's rows in its
+ * own array map inside `unwind_tables`, and lists each process's
+ * executable mappings in `unwind_processes`.
+ */
+enum unwind_limit {
+	TASKPROF_MAX_UNWIND_TABLES = 8192,
+	/* A power of two: the search masks indexes with it. */
+	TASKPROF_MAX_UNWIND_MAPPINGS = 256,
+	/* table_id of a mapping with no table (JIT code, no .eh_frame). */
+	TASKPROF_UNWIND_NO_TABLE = 0xffffffff,
+};
+
+/* How to compute the canonical frame address (CFA). */
+enum unwind_cfa_kind {
+	/* No FDE covers the address: follow frame pointers. */
+	CFA_NO_INFO = 0,
+	/* CFA = rsp + cfa_offset. */
+	CFA_RSP = 1,
+	/* CFA = rbp + cfa_offset. */
+	CFA_RBP = 2,
+	/* PLT: CFA = rsp + 8, + 8 when (rip & 15) >= cfa_offset. */
+	CFA_PLT = 3,
+	/* CFA = *(rbp + cfa_offset). */
+	CFA_RBP_DEREF = 4,
+	/* Signal trampoline: rip, rsp, rbp are in the ucontext at rsp. */
+	CFA_SIGNAL = 5,
+	/* The return address is undefined: the thread's root frame. */
+	CFA_ROOT = 6,
+	CFA_UNSUPPORTED = 7,
+};
+
+/* Where the caller's rbp is. */
+enum unwind_rbp_kind {
+	RBP_UNCHANGED = 0,
+	/* At CFA + rbp_offset. */
+	RBP_CFA_OFFSET = 1,
+	/* At rbp + rbp_offset. */
+	RBP_RBP_OFFSET = 2,
+	RBP_UNSUPPORTED = 3,
+};
+
+/* Rules in force from `pc` (relative to the mapping's bias) to the next
+ * row's pc. */
+struct unwind_row {
+	__u32 pc;
+	__u8 cfa_kind;
+	__u8 rbp_kind;
+	__s16 rbp_offset;
+	__s32 cfa_offset;
+};
+
+/* One executable mapping: addresses [start, end) map to table rows by
+ * `pc - bias`. */
+struct unwind_mapping {
+	__u64 start;
+	__u64 end;
+	__u64 bias;
+	__u32 table_id;
+	__u32 row_count;
+};
+
+/* A process's executable mappings, sorted by start. */
+struct unwind_process {
+	__u32 incarnation;
+	__u32 count;
+	/* When the program last asked userspace to read the mappings again
+	 * (bpf_ktime_get_ns), to ask at most once a second. */
+	__u64 refresh_requested_ns;
+	struct unwind_mapping mappings[TASKPROF_MAX_UNWIND_MAPPINGS];
 };
 
 #endif /* TASKPROF_PROFILER_H */

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::agent_config::AgentConfig;
-use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig};
+use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig, Truncation};
 use crate::containers::{ContainerLabeler, LabelerSettings};
 use crate::kubernetes::{KubeConfig, LabelOptions, PodCache, PodFilter};
 use crate::metrics::{raise_to, Metrics};
+use crate::unwind::manager::UnwindManager;
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
 use crate::window::{SeriesLabels, WindowProcessor};
 
@@ -57,6 +58,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let mut sampler_config = SamplerConfig::sized_for(config.frequency_hz, config.window.as_secs().max(1), cpus as u64);
     sampler_config.tgids = config.pids.clone();
     sampler_config.verifier_log = config.verifier_log;
+    sampler_config.table_unwind = config.unwind_table_memory.is_some();
     let mut sampler = Sampler::start(sampler_config)?;
     ready.store(true, Ordering::SeqCst);
     metrics.set_ready(true);
@@ -74,6 +76,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         extra: config.labels.clone(),
     };
     let mut processor = WindowProcessor::new(config.frequency_hz, labels, config.debug_info);
+    if let Some(budget) = config.unwind_table_memory {
+        processor = processor.with_unwinding(UnwindManager::new(budget));
+    }
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();
@@ -115,14 +120,16 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             let wait = boundary
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            processor.on_events(sampler.process_events(wait));
+            let events = sampler.process_events(wait);
+            processor.on_events(events, &mut sampler);
         }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping {
             // Nothing is sampled after the last drain.
             sampler.stop();
         }
-        processor.on_events(sampler.process_events(Duration::ZERO));
+        let events = sampler.process_events(Duration::ZERO);
+        processor.on_events(events, &mut sampler);
         let end = SystemTime::now();
         let window = sampler.drain_window().context("failed to read the window's samples")?;
         let (batch, report) = processor.finish_window(&window, start, end);
@@ -193,6 +200,15 @@ fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, process
     raise_to(&metrics.samples_filtered, filtered);
     raise_to(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
     metrics.tracked_processes.set(processor.tracked_processes() as i64);
+    if let Some(unwind) = processor.unwind() {
+        metrics.set_user_stacks_total("complete", totals.unwind_complete);
+        for reason in Truncation::ALL {
+            metrics.set_user_stacks_total(reason.label(), totals.truncated(reason));
+        }
+        metrics.unwind_tables.set(unwind.loaded_tables() as i64);
+        metrics.unwind_table_bytes.set(unwind.used_bytes() as i64);
+        raise_to(&metrics.unwind_tables_over_budget, unwind.stats().budget_exhausted);
+    }
 }
 
 /// The API server connection: in-cluster defaults, each overridable.

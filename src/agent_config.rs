@@ -73,6 +73,9 @@ pub struct AgentConfig {
     pub verifier_log: bool,
     /// Read DWARF for file names, lines and inlined frames.
     pub debug_info: bool,
+    /// Memory budget for unwind tables, or `None` to walk frame pointers
+    /// only.
+    pub unwind_table_memory: Option<u64>,
     /// Kubernetes metadata and filters.
     pub kubernetes: KubernetesSettings,
 }
@@ -178,6 +181,8 @@ impl AgentConfig {
             pid,
             verifier_log,
             debug_info,
+            unwind,
+            unwind_table_memory,
             kubernetes: kube,
             upload: up,
             delivery,
@@ -286,6 +291,18 @@ impl AgentConfig {
         let debug_info = sources
             .pick(DEBUG_INFO, debug_info.then_some(true), file.debug_info, cli::parse_bool)?
             .is_some_and(|s| s.value);
+        let unwind = sources
+            .pick(UNWIND, unwind, file.unwind, cli::parse_unwind)?
+            .map_or(cli::UnwindArg::Dwarf, |s| s.value);
+        let unwind_table_memory = sources
+            .pick(
+                UNWIND_TABLE_MEMORY,
+                unwind_table_memory,
+                file.unwind_table_memory,
+                cli::parse_byte_size,
+            )?
+            .map_or(cli::DEFAULT_UNWIND_TABLE_MEMORY, |s| s.value);
+        let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
 
         Ok(AgentConfig {
             frequency_hz,
@@ -303,6 +320,7 @@ impl AgentConfig {
             log_level,
             verifier_log,
             debug_info,
+            unwind_table_memory,
             kubernetes,
         })
     }
@@ -342,6 +360,8 @@ const LOG_FORMAT: Key = Key::new("log-format", "log_format");
 const LOG_LEVEL: Key = Key::new("log-level", "log_level");
 const VERIFIER_LOG: Key = Key::new("verifier-log", "verifier_log");
 const DEBUG_INFO: Key = Key::new("debug-info", "debug_info");
+const UNWIND: Key = Key::new("unwind", "unwind");
+const UNWIND_TABLE_MEMORY: Key = Key::new("unwind-table-memory", "unwind_table_memory");
 const KUBERNETES: Key = Key::new("kubernetes", "kubernetes");
 const KUBERNETES_API_URL: Key = Key::new("kubernetes-api-url", "kubernetes_api_url");
 const KUBERNETES_TOKEN_FILE: Key = Key::new("kubernetes-token-file", "kubernetes_token_file");
@@ -1033,6 +1053,8 @@ struct FileSettings {
     log_level: Option<Scalar>,
     verifier_log: Option<Scalar>,
     debug_info: Option<Scalar>,
+    unwind: Option<Scalar>,
+    unwind_table_memory: Option<Scalar>,
     kubernetes: Option<Scalar>,
     kubernetes_api_url: Option<Scalar>,
     kubernetes_token_file: Option<Scalar>,

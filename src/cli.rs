@@ -51,6 +51,29 @@ pub enum FormatArg {
     Flamegraph,
 }
 
+/// How user stacks are walked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnwindArg {
+    /// Unwind tables from each binary's .eh_frame, walked in BPF; frame
+    /// pointers where no table covers the code (JIT).
+    Dwarf,
+    /// Frame pointers only, walked by the kernel: stacks stop at the first
+    /// function built without them.
+    Fp,
+}
+
+/// Parses `--unwind`.
+pub(crate) fn parse_unwind(text: &str) -> Result<UnwindArg, String> {
+    match text.trim() {
+        "dwarf" => Ok(UnwindArg::Dwarf),
+        "fp" => Ok(UnwindArg::Fp),
+        other => Err(format!("`{other}` is not an unwinder; use `dwarf` or `fp`")),
+    }
+}
+
+/// Default `--unwind-table-memory`.
+pub const DEFAULT_UNWIND_TABLE_MEMORY: u64 = 64 << 20;
+
 /// Flags of `taskprof profile`.
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
@@ -78,6 +101,16 @@ pub struct ProfileArgs {
     /// Print libbpf's and the verifier's log when the BPF program fails to load.
     #[arg(long)]
     pub verifier_log: bool,
+
+    /// How to walk user stacks: `dwarf` (.eh_frame unwind tables, for code
+    /// built without frame pointers) or `fp` (frame pointers only).
+    #[arg(long, value_enum, default_value = "dwarf")]
+    pub unwind: UnwindArg,
+
+    /// Kernel memory for unwind tables (e.g. 64MiB). Tables that do not fit
+    /// are counted and their code falls back to frame pointers.
+    #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
+    pub unwind_table_memory: u64,
 }
 
 const AGENT_SOURCES_HELP: &str = "\
@@ -121,6 +154,17 @@ pub struct AgentArgs {
     /// DWARF costs memory in proportion to the profiled binaries' debug info.
     #[arg(long)]
     pub debug_info: bool,
+
+    /// How to walk user stacks: `dwarf` (.eh_frame unwind tables, for code
+    /// built without frame pointers) or `fp` (frame pointers only).
+    /// [default: dwarf]
+    #[arg(long, value_name = "UNWINDER", value_parser = parse_unwind)]
+    pub unwind: Option<UnwindArg>,
+
+    /// Kernel memory for unwind tables; tables that do not fit are counted
+    /// and their code falls back to frame pointers. [default: 64MiB]
+    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    pub unwind_table_memory: Option<u64>,
 
     /// Kubernetes metadata and filters.
     #[command(flatten)]

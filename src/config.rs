@@ -80,6 +80,9 @@ pub struct ProfileConfig {
     pub format: OutputFormat,
     /// Show the verifier log on load failures.
     pub verifier_log: bool,
+    /// Memory budget for unwind tables, or `None` to walk frame pointers
+    /// only.
+    pub unwind_table_memory: Option<u64>,
 }
 
 impl ProfileConfig {
@@ -108,6 +111,7 @@ impl ProfileConfig {
             output,
             format,
             verifier_log: args.verifier_log,
+            unwind_table_memory: (args.unwind == crate::cli::UnwindArg::Dwarf).then_some(args.unwind_table_memory),
         })
     }
 }

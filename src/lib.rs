@@ -22,5 +22,6 @@ pub mod pprof;
 pub mod process;
 pub mod profile;
 pub mod symbolize;
+pub mod unwind;
 pub mod upload;
 pub mod window;

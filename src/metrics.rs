@@ -71,6 +71,23 @@ pub struct Metrics {
     pub tracked_processes: Gauge,
     /// `taskprof_ready`: 1 once the agent samples and delivers, else 0.
     pub ready: Gauge,
+    /// `taskprof_user_stacks_total{result}`: user stacks the unwinder
+    /// walked, by how the walk ended (`complete` or the truncation reason).
+    pub user_stacks: Family<ResultLabels, Counter>,
+    /// `taskprof_unwind_tables`: unwind tables loaded into BPF.
+    pub unwind_tables: Gauge,
+    /// `taskprof_unwind_table_bytes`: kernel memory of the loaded tables' rows.
+    pub unwind_table_bytes: Gauge,
+    /// `taskprof_unwind_tables_over_budget_total`: tables not loaded because
+    /// `--unwind-table-memory` was used up.
+    pub unwind_tables_over_budget: Counter,
+}
+
+/// The `result` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabels {
+    /// How the unwind ended.
+    pub result: String,
 }
 
 impl Metrics {
@@ -208,6 +225,34 @@ impl Metrics {
                 None,
                 Gauge::default(),
             ),
+            user_stacks: register(
+                &mut r,
+                "taskprof_user_stacks",
+                "User stacks walked by the unwinder, by result: complete, or why the walk stopped",
+                None,
+                Family::default(),
+            ),
+            unwind_tables: register(
+                &mut r,
+                "taskprof_unwind_tables",
+                "Unwind tables loaded into BPF",
+                None,
+                Gauge::default(),
+            ),
+            unwind_table_bytes: register(
+                &mut r,
+                "taskprof_unwind_table_bytes",
+                "Kernel memory of the loaded unwind tables' rows",
+                None,
+                Gauge::default(),
+            ),
+            unwind_tables_over_budget: register(
+                &mut r,
+                "taskprof_unwind_tables_over_budget",
+                "Unwind tables not loaded because --unwind-table-memory was used up",
+                None,
+                Counter::default(),
+            ),
             ready: register(
                 &mut r,
                 "taskprof_ready",
@@ -233,6 +278,14 @@ impl Metrics {
     /// Raises `taskprof_stacks_lost_total{cause}` to an absolute total.
     pub fn set_stacks_lost_total(&self, cause: &str, total: u64) {
         raise_to(&self.stacks_lost.get_or_create(&cause_labels(cause)), total);
+    }
+
+    /// Raises `taskprof_user_stacks_total{result}` to an absolute total.
+    pub fn set_user_stacks_total(&self, result: &str, total: u64) {
+        let labels = ResultLabels {
+            result: result.to_string(),
+        };
+        raise_to(&self.user_stacks.get_or_create(&labels), total);
     }
 
     /// Raises `taskprof_symbolization_failures_total` to an absolute total.
@@ -329,6 +382,9 @@ mod tests {
             "taskprof_symbolization_failures_total 0",
             "taskprof_tracked_processes 0",
             "taskprof_ready 0",
+            "taskprof_unwind_tables 0",
+            "taskprof_unwind_table_bytes 0",
+            "taskprof_unwind_tables_over_budget_total 0",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

@@ -8,12 +8,17 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::bpf::{ProcessEvent, SampleStats, Sampler, SamplerConfig, Window};
+use crate::bpf::{ProcessEvent, SampleStats, Sampler, SamplerConfig, Truncation, Window};
 use crate::config::{OutputFormat, ProfileConfig};
 use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta, SampleLabels};
 use crate::process::{ProcessKey, ProcessTable};
 use crate::profile::symbolize_samples;
 use crate::symbolize::Symbolizer;
+use crate::unwind::manager::{UnwindManager, UnwindMaps};
+
+/// The incarnation the BPF program accepts for any process: tables loaded
+/// before sampling starts, when the process's number is not known yet.
+const PRELOADED_INCARNATION: u32 = 0;
 
 /// What a finished profile contains.
 #[derive(Debug, Clone)]
@@ -39,10 +44,25 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         SamplerConfig::sized_for(config.frequency_hz, config.duration.as_secs().max(1), cpus as u64);
     sampler_config.tgids = config.pids.clone();
     sampler_config.verifier_log = config.verifier_log;
+    sampler_config.table_unwind = config.unwind_table_memory.is_some();
 
     let mut processes = ProcessTable::new();
+    let mut unwind = config.unwind_table_memory.map(UnwindManager::new);
 
-    let mut sampler = Sampler::start(sampler_config)?;
+    let mut sampler = Sampler::load(sampler_config)?;
+    // The processes named by --pid get their unwind tables before the
+    // first sample, so none of their stacks is cut short while loading.
+    if let Some(unwind) = unwind.as_mut() {
+        for &tgid in &config.pids {
+            let key = ProcessKey {
+                tgid,
+                incarnation: PRELOADED_INCARNATION,
+            };
+            processes.observe(key);
+            unwind.load_process(&mut sampler, key, &processes);
+        }
+    }
+    sampler.attach()?;
     let started_at = SystemTime::now();
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -53,7 +73,8 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             .duration
             .saturating_sub(started.elapsed())
             .min(Duration::from_millis(100));
-        observe_new(&mut processes, sampler.process_events(wait));
+        let events = sampler.process_events(wait);
+        observe(&mut processes, unwind.as_mut(), &mut sampler, events);
         if progress && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
             let samples = sampler.live_stats().map(|s| s.samples).unwrap_or(0);
@@ -74,7 +95,8 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     }
     let processing_started = Instant::now();
 
-    observe_new(&mut processes, sampler.process_events(Duration::ZERO));
+    let events = sampler.process_events(Duration::ZERO);
+    observe(&mut processes, unwind.as_mut(), &mut sampler, events);
     let Window { samples: raw, stats } = sampler.drain_window()?;
     drop(sampler);
 
@@ -127,7 +149,7 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
     };
     format!(
         "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
-         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); wrote {}; {}",
+         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
@@ -140,17 +162,67 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         s.user_stack_error,
         s.kernel_stack_map_full,
         s.kernel_stack_error,
+        unwind_summary(s),
         path.display(),
         open
     )
 }
 
-/// Captures newly sampled processes while they are alive. Ended
-/// incarnations are kept: their samples are symbolized at the end.
-fn observe_new(processes: &mut ProcessTable, events: Vec<ProcessEvent>) {
+/// How the unwinder's walks ended, when it walked any.
+fn unwind_summary(stats: &SampleStats) -> String {
+    let walked = stats.unwind_complete + stats.truncated_total();
+    if walked == 0 {
+        return String::new();
+    }
+    let reasons: Vec<String> = Truncation::ALL
+        .iter()
+        .filter(|&&reason| stats.truncated(reason) > 0)
+        .map(|&reason| format!("{} {}", reason.label().replace('_', " "), stats.truncated(reason)))
+        .collect();
+    format!(
+        "user stacks complete {} of {}{}; ",
+        stats.unwind_complete,
+        walked,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" (stopped early: {})", reasons.join(", "))
+        }
+    )
+}
+
+/// Captures newly sampled processes while they are alive, and loads their
+/// unwind tables. Ended incarnations are kept: their samples are
+/// symbolized at the end.
+fn observe(
+    processes: &mut ProcessTable,
+    mut unwind: Option<&mut UnwindManager>,
+    maps: &mut dyn UnwindMaps,
+    events: Vec<ProcessEvent>,
+) {
     for event in events {
-        if let ProcessEvent::New { tgid, incarnation } = event {
-            processes.observe(ProcessKey { tgid, incarnation });
+        match event {
+            ProcessEvent::New { tgid, incarnation } => {
+                let key = ProcessKey { tgid, incarnation };
+                processes.observe(key);
+                if let Some(unwind) = unwind.as_deref_mut() {
+                    unwind.load_process(maps, key, processes);
+                }
+            }
+            ProcessEvent::MappingsChanged { tgid, incarnation } => {
+                let key = ProcessKey { tgid, incarnation };
+                if processes.get(key).is_some() {
+                    processes.refresh(key);
+                    if let Some(unwind) = unwind.as_deref_mut() {
+                        unwind.load_process(maps, key, processes);
+                    }
+                }
+            }
+            ProcessEvent::Gone { tgid, incarnation } => {
+                if let Some(unwind) = unwind.as_deref_mut() {
+                    unwind.process_gone(maps, ProcessKey { tgid, incarnation });
+                }
+            }
         }
     }
 }

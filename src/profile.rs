@@ -187,6 +187,9 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                         };
                         frames.push(frame);
                     }
+                    if let Some(reason) = stack.truncation() {
+                        frames.push(lost_frame(reason.frame_name(), false));
+                    }
                 }
             }
             let process_name = processes

@@ -15,6 +15,7 @@ use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey, ProcessTable};
 use crate::profile::{symbolize_samples, Sample};
 use crate::symbolize::Symbolizer;
+use crate::unwind::manager::{UnwindManager, UnwindMaps};
 use crate::upload::{Batch, SeriesProfile};
 
 /// Labels every series of this agent carries.
@@ -44,6 +45,10 @@ pub struct WindowProcessor {
     windows: u64,
     last_sequence: u64,
     containers: Option<ContainerLabeler>,
+    unwind: Option<UnwindManager>,
+    /// Processes forgotten since the last events, whose unwind tables are
+    /// released with the next events.
+    unwind_forgotten: Vec<ProcessKey>,
 }
 
 /// What a window produced besides its batch.
@@ -71,7 +76,20 @@ impl WindowProcessor {
             windows: 0,
             last_sequence: 0,
             containers: None,
+            unwind: None,
+            unwind_forgotten: Vec::new(),
         }
+    }
+
+    /// Loads unwind tables for each process as it is first sampled.
+    pub fn with_unwinding(mut self, unwind: UnwindManager) -> WindowProcessor {
+        self.unwind = Some(unwind);
+        self
+    }
+
+    /// The unwind table manager, when table unwinding is on.
+    pub fn unwind(&self) -> Option<&UnwindManager> {
+        self.unwind.as_ref()
     }
 
     /// Adds container and pod labels, and the operator's filters.
@@ -93,8 +111,15 @@ impl WindowProcessor {
     }
 
     /// Takes in process events as they arrive during a window: new
-    /// processes are captured at once, while they are alive.
-    pub fn on_events(&mut self, events: Vec<ProcessEvent>) {
+    /// processes are captured at once, while they are alive, and their
+    /// unwind tables loaded into `maps`.
+    pub fn on_events(&mut self, events: Vec<ProcessEvent>, maps: &mut dyn UnwindMaps) {
+        if let Some(unwind) = &mut self.unwind {
+            for key in self.unwind_forgotten.drain(..) {
+                unwind.process_gone(maps, key);
+            }
+            unwind.unload_unused(maps, false);
+        }
         for event in events {
             match event {
                 ProcessEvent::New { tgid, incarnation } => {
@@ -105,9 +130,26 @@ impl WindowProcessor {
                     }
                     self.processes.observe(key);
                     self.last_seen.insert(key, self.windows);
+                    if let Some(unwind) = &mut self.unwind {
+                        unwind.load_process(maps, key, &self.processes);
+                    }
+                }
+                ProcessEvent::MappingsChanged { tgid, incarnation } => {
+                    let key = ProcessKey { tgid, incarnation };
+                    if self.processes.get(key).is_none() {
+                        continue;
+                    }
+                    self.processes.refresh(key);
+                    if let Some(unwind) = &mut self.unwind {
+                        unwind.load_process(maps, key, &self.processes);
+                    }
                 }
                 ProcessEvent::Gone { tgid, incarnation } => {
-                    self.gone.insert(ProcessKey { tgid, incarnation }, self.windows);
+                    let key = ProcessKey { tgid, incarnation };
+                    self.gone.insert(key, self.windows);
+                    if let Some(unwind) = &mut self.unwind {
+                        unwind.process_gone(maps, key);
+                    }
                 }
             }
         }
@@ -284,6 +326,7 @@ impl WindowProcessor {
         }
         for key in &forget {
             self.processes.forget(*key);
+            self.unwind_forgotten.push(*key);
             self.last_seen.remove(key);
             self.gone.remove(key);
         }

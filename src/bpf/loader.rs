@@ -29,6 +29,8 @@ pub struct SamplerConfig {
     pub counts_map_entries: u32,
     /// Include the verifier's log in load errors.
     pub verifier_log: bool,
+    /// Walk user stacks with unwind tables (else frame pointers only).
+    pub table_unwind: bool,
 }
 
 impl SamplerConfig {
@@ -46,6 +48,7 @@ impl SamplerConfig {
             stack_map_entries: stack_entries as u32,
             counts_map_entries: counts_entries as u32,
             verifier_log: false,
+            table_unwind: true,
         }
     }
 }
@@ -126,6 +129,7 @@ pub struct Sampler {
     announced: Arc<Mutex<Vec<ProcessEvent>>>,
     generation: u32,
     config: SamplerConfig,
+    cpus: Vec<u32>,
 }
 
 /// libbpf's messages from the current load, kept for error reports.
@@ -212,6 +216,14 @@ impl Sampler {
     /// Loads the program, opens a perf event on every online CPU and
     /// attaches to each. Sampling has started when this returns.
     pub fn start(config: SamplerConfig) -> Result<Sampler, SamplerError> {
+        let mut sampler = Sampler::load(config)?;
+        sampler.attach()?;
+        Ok(sampler)
+    }
+
+    /// Loads the program and sets up its maps without sampling yet, so
+    /// that unwind tables can be loaded before the first sample.
+    pub fn load(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         check_capabilities()?;
         let cpus = online_cpus().map_err(SamplerError::Cpus)?;
 
@@ -251,9 +263,26 @@ impl Sampler {
             .map_err(map_error("tgid_filter"))?;
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.filter_tgids = !config.tgids.is_empty();
+            rodata.table_unwind = config.table_unwind;
         }
+        let load_started = std::time::Instant::now();
         let skel = open.load().map_err(load_error)?;
         libbpf_rs::set_print(None);
+        {
+            use std::os::fd::AsFd;
+            let fd = skel.progs.sample.as_fd().as_raw_fd();
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let verified = info
+                .lines()
+                .find_map(|l| l.strip_prefix("verified_insns:"))
+                .map(str::trim)
+                .unwrap_or("?");
+            tracing::debug!(
+                verified_insns = verified,
+                load_ms = load_started.elapsed().as_millis() as u64,
+                "BPF program loaded"
+            );
+        }
 
         for tgid in &config.tgids {
             skel.maps
@@ -275,6 +304,9 @@ impl Sampler {
                     let (tgid, incarnation) = (event.tgid, event.incarnation);
                     let event = match types::process_event_kind(event.kind) {
                         types::process_event_kind::PROCESS_NEW => ProcessEvent::New { tgid, incarnation },
+                        types::process_event_kind::PROCESS_MAPPINGS_CHANGED => {
+                            ProcessEvent::MappingsChanged { tgid, incarnation }
+                        }
                         _ => ProcessEvent::Gone { tgid, incarnation },
                     };
                     if let Ok(mut list) = sink.lock() {
@@ -286,6 +318,23 @@ impl Sampler {
             .map_err(map_error("process_events"))?;
         let ring = builder.build().map_err(map_error("process_events"))?;
 
+        Ok(Sampler {
+            skel,
+            links: Vec::new(),
+            ring,
+            announced,
+            generation: 0,
+            config,
+            cpus,
+        })
+    }
+
+    /// Attaches the tracepoints and a cpu-clock perf event on every CPU:
+    /// sampling starts.
+    pub fn attach(&mut self) -> Result<(), SamplerError> {
+        let skel = &self.skel;
+        let config = &self.config;
+        let cpus = self.cpus.clone();
         let mut links = Vec::with_capacity(cpus.len() + 2);
         for prog in [&skel.progs.process_exit, &skel.progs.process_exec] {
             links.push(prog.attach().map_err(|source| SamplerError::AttachTracepoint {
@@ -308,14 +357,16 @@ impl Sampler {
             links.push(link);
         }
 
-        Ok(Sampler {
-            skel,
-            links,
-            ring,
-            announced,
-            generation: 0,
-            config,
-        })
+        self.links = links;
+        Ok(())
+    }
+
+    pub(super) fn unwind_tables_map(&self) -> &libbpf_rs::Map<'static> {
+        &self.skel.maps.unwind_tables
+    }
+
+    pub(super) fn unwind_processes_map(&self) -> &libbpf_rs::Map<'static> {
+        &self.skel.maps.unwind_processes
     }
 
     /// The configuration the sampler was started with.
@@ -452,6 +503,14 @@ pub struct Window {
 pub enum ProcessEvent {
     /// A thread group was sampled for the first time in this incarnation.
     New {
+        /// Thread group id.
+        tgid: u32,
+        /// Incarnation number.
+        incarnation: u32,
+    },
+    /// The process sampled an address outside every mapping loaded for
+    /// unwinding: it mapped more code since.
+    MappingsChanged {
         /// Thread group id.
         tgid: u32,
         /// Incarnation number.

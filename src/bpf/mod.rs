@@ -6,6 +6,7 @@
 mod loader;
 mod perf_events;
 mod stacks;
+mod unwind_maps;
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
 mod skel {
@@ -13,7 +14,7 @@ mod skel {
 }
 
 pub use loader::{ProcessEvent, Sampler, SamplerConfig, SamplerError, Window};
-pub use stacks::{Stack, StackLoss};
+pub use stacks::{Stack, StackLoss, Truncation};
 
 use skel::types;
 
@@ -36,6 +37,11 @@ pub struct SampleStats {
     pub kernel_stack_error: u64,
     /// New-process notifications dropped because the ring buffer was full.
     pub process_events_dropped: u64,
+    /// User stacks the unwinder walked to the thread's root.
+    pub unwind_complete: u64,
+    /// User stacks the unwinder stopped early, by reason (indexed like
+    /// [`Truncation::ALL`]).
+    pub unwind_truncated: [u64; 5],
 }
 
 impl SampleStats {
@@ -59,6 +65,21 @@ impl SampleStats {
         self.kernel_stack_map_full += other.kernel_stack_map_full;
         self.kernel_stack_error += other.kernel_stack_error;
         self.process_events_dropped += other.process_events_dropped;
+        self.unwind_complete += other.unwind_complete;
+        for (mine, theirs) in self.unwind_truncated.iter_mut().zip(other.unwind_truncated) {
+            *mine += theirs;
+        }
+    }
+
+    /// User stacks the unwinder stopped early, for `reason`.
+    pub fn truncated(&self, reason: Truncation) -> u64 {
+        let index = Truncation::ALL.iter().position(|&r| r == reason).unwrap_or(0);
+        self.unwind_truncated[index]
+    }
+
+    /// User stacks the unwinder stopped early, for any reason.
+    pub fn truncated_total(&self) -> u64 {
+        self.unwind_truncated.iter().sum()
     }
 
     fn from_counters(counters: &[u64]) -> SampleStats {
@@ -72,6 +93,14 @@ impl SampleStats {
             kernel_stack_map_full: at(types::stat_index::STAT_KERNEL_STACK_MAP_FULL),
             kernel_stack_error: at(types::stat_index::STAT_KERNEL_STACK_ERROR),
             process_events_dropped: at(types::stat_index::STAT_PROCESS_EVENT_DROPPED),
+            unwind_complete: at(types::stat_index::STAT_UNWIND_COMPLETE),
+            unwind_truncated: [
+                at(types::stat_index::STAT_UNWIND_NO_TABLE),
+                at(types::stat_index::STAT_UNWIND_UNSUPPORTED),
+                at(types::stat_index::STAT_UNWIND_READ_FAILED),
+                at(types::stat_index::STAT_UNWIND_DEPTH),
+                at(types::stat_index::STAT_UNWIND_NOT_LOADED),
+            ],
         }
     }
 }

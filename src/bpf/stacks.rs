@@ -26,14 +26,77 @@ impl StackLoss {
     }
 }
 
+/// Why the unwinder stopped before a user stack's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Truncation {
+    /// No unwind table covered a frame, and frame pointers led nowhere.
+    NoTable,
+    /// A frame's unwind rule is one the unwinder cannot follow.
+    UnsupportedRule,
+    /// Reading the stack failed, or a frame did not move up the stack.
+    ReadFailed,
+    /// The stack is deeper than the frames kept.
+    DepthLimit,
+    /// The process's unwind tables were not loaded yet.
+    NotLoaded,
+}
+
+impl Truncation {
+    /// All reasons, in a stable order.
+    pub const ALL: [Truncation; 5] = [
+        Truncation::NoTable,
+        Truncation::UnsupportedRule,
+        Truncation::ReadFailed,
+        Truncation::DepthLimit,
+        Truncation::NotLoaded,
+    ];
+
+    /// The synthetic outermost frame shown in profiles.
+    pub fn frame_name(self) -> &'static str {
+        match self {
+            Truncation::NoTable => "[unwind stopped: no unwind table]",
+            Truncation::UnsupportedRule => "[unwind stopped: unsupported unwind rule]",
+            Truncation::ReadFailed => "[unwind stopped: stack read failed]",
+            Truncation::DepthLimit => "[unwind stopped: depth limit]",
+            Truncation::NotLoaded => "[unwind stopped: tables not loaded yet]",
+        }
+    }
+
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Truncation::NoTable => "no_table",
+            Truncation::UnsupportedRule => "unsupported_rule",
+            Truncation::ReadFailed => "read_failed",
+            Truncation::DepthLimit => "depth_limit",
+            Truncation::NotLoaded => "not_loaded",
+        }
+    }
+
+    fn from_status(status: u32) -> Option<Truncation> {
+        use types::unwind_status as s;
+        match types::unwind_status(status) {
+            s::UNWIND_NO_TABLE => Some(Truncation::NoTable),
+            s::UNWIND_UNSUPPORTED => Some(Truncation::UnsupportedRule),
+            s::UNWIND_READ_FAILED => Some(Truncation::ReadFailed),
+            s::UNWIND_DEPTH => Some(Truncation::DepthLimit),
+            s::UNWIND_NOT_LOADED => Some(Truncation::NotLoaded),
+            _ => None,
+        }
+    }
+}
+
 /// A captured stack: instruction pointers, leaf first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Stack {
     /// Nothing to capture (a kernel thread's user stack, or the kernel
     /// stack of a sample taken in user mode).
     Empty,
-    /// Frames, leaf first.
+    /// Frames, leaf first: complete, or captured by the kernel's
+    /// frame-pointer walk.
     Frames(Vec<u64>),
+    /// Frames, leaf first, of a walk that stopped before the root.
+    Truncated(Vec<u64>, Truncation),
     /// The sample is kept but this stack is missing.
     Lost(StackLoss),
 }
@@ -42,8 +105,16 @@ impl Stack {
     /// The frames, or none when the stack is empty or lost.
     pub fn frames(&self) -> &[u64] {
         match self {
-            Stack::Frames(frames) => frames,
+            Stack::Frames(frames) | Stack::Truncated(frames, _) => frames,
             _ => &[],
+        }
+    }
+
+    /// Why the walk stopped early, if it did.
+    pub fn truncation(&self) -> Option<Truncation> {
+        match self {
+            Stack::Truncated(_, reason) => Some(*reason),
+            _ => None,
         }
     }
 }
@@ -83,10 +154,10 @@ impl<'a> StackReader<'a> {
                 let trace: types::stack_trace = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                 let len = (trace.len as usize).min(trace.ips.len());
                 let frames: Vec<u64> = trace.ips[..len].iter().copied().take_while(|&ip| ip != 0).collect();
-                if frames.is_empty() {
-                    Stack::Empty
-                } else {
-                    Stack::Frames(frames)
+                match Truncation::from_status(trace.status) {
+                    _ if frames.is_empty() => Stack::Empty,
+                    Some(reason) => Stack::Truncated(frames, reason),
+                    None => Stack::Frames(frames),
                 }
             }
             _ => Stack::Lost(StackLoss::Error),

@@ -1,0 +1,144 @@
+//! The sampler's side of the unwind tables: writing rows, tables and
+//! process mappings into the BPF maps, in the layouts of `bpf/profiler.h`.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use libbpf_rs::{MapCore, MapFlags};
+
+use super::loader::Sampler;
+use super::types;
+use crate::unwind::manager::{UnwindMapping, UnwindMaps, MAX_MAPPINGS, ROW_BYTES};
+use crate::unwind::table::{CfaRule, RbpRule, UnwindTable};
+
+const _: () = assert!(std::mem::size_of::<types::unwind_row>() as u64 == ROW_BYTES);
+const _: () = assert!(types::unwind_limit::TASKPROF_MAX_UNWIND_MAPPINGS.0 as usize == MAX_MAPPINGS);
+const _: () = assert!(types::unwind_limit::TASKPROF_MAX_UNWIND_TABLES.0 == crate::unwind::manager::MAX_TABLES);
+
+/// A row in the BPF layout, its pc relative to the table's base.
+fn bpf_row(row: &crate::unwind::table::Row, base: u64) -> types::unwind_row {
+    use types::unwind_cfa_kind as c;
+    use types::unwind_rbp_kind as r;
+    let (cfa_kind, cfa_offset) = match row.cfa {
+        CfaRule::RspOffset(offset) => (c::CFA_RSP, offset),
+        CfaRule::RbpOffset(offset) => (c::CFA_RBP, offset),
+        CfaRule::Plt { threshold } => (c::CFA_PLT, i32::from(threshold)),
+        CfaRule::RbpDeref(offset) => (c::CFA_RBP_DEREF, offset),
+        CfaRule::Signal => (c::CFA_SIGNAL, 0),
+        CfaRule::Root => (c::CFA_ROOT, 0),
+        CfaRule::Unsupported => (c::CFA_UNSUPPORTED, 0),
+        CfaRule::NoInfo => (c::CFA_NO_INFO, 0),
+    };
+    let (rbp_kind, rbp_offset) = match row.rbp {
+        RbpRule::Unchanged => (r::RBP_UNCHANGED, 0),
+        RbpRule::CfaOffset(offset) => (r::RBP_CFA_OFFSET, offset),
+        RbpRule::RbpOffset(offset) => (r::RBP_RBP_OFFSET, offset),
+        RbpRule::Unsupported => (r::RBP_UNSUPPORTED, 0),
+    };
+    types::unwind_row {
+        pc: (row.address - base) as u32,
+        cfa_kind: cfa_kind.0 as u8,
+        rbp_kind: rbp_kind.0 as u8,
+        rbp_offset,
+        cfa_offset,
+    }
+}
+
+/// The bytes of a plain-old-data value.
+fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+    // SAFETY: only used with the skeleton's `repr(C)` integer structs,
+    // which have no padding bytes the kernel would read uninitialised
+    // (profiler.h lays them out with explicit padding fields).
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+impl UnwindMaps for Sampler {
+    fn load_table(&mut self, id: u32, table: &UnwindTable) -> Result<(), String> {
+        let base = table.base();
+        let rows: Vec<types::unwind_row> = table.rows.iter().map(|row| bpf_row(row, base)).collect();
+        let count = u32::try_from(rows.len()).map_err(|_| "too many rows".to_string())?;
+        let opts = libbpf_sys::bpf_map_create_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
+            map_flags: libbpf_sys::BPF_F_INNER_MAP,
+            ..Default::default()
+        };
+        let name = c"taskprof_rows";
+        // SAFETY: plain bpf(BPF_MAP_CREATE) with valid pointers; a
+        // non-negative result is a new file descriptor that we own.
+        let fd = unsafe {
+            libbpf_sys::bpf_map_create(
+                libbpf_sys::BPF_MAP_TYPE_ARRAY,
+                name.as_ptr(),
+                4,
+                ROW_BYTES as u32,
+                count.max(1),
+                &opts,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "creating a rows map: {}",
+                std::io::Error::from_raw_os_error(-fd)
+            ));
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned here.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let keys: Vec<u32> = (0..count).collect();
+        let mut written = count;
+        let batch = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: keys and rows both hold `count` elements of the map's key
+        // and value sizes.
+        let err = unsafe {
+            libbpf_sys::bpf_map_update_batch(
+                fd.as_raw_fd(),
+                keys.as_ptr().cast(),
+                rows.as_ptr().cast(),
+                &mut written,
+                &batch,
+            )
+        };
+        if err != 0 || written != count {
+            return Err(format!(
+                "writing {count} rows: {}",
+                std::io::Error::from_raw_os_error(-err)
+            ));
+        }
+        let value = fd.as_raw_fd().to_ne_bytes();
+        self.unwind_tables_map()
+            .update(&id.to_ne_bytes(), &value, MapFlags::ANY)
+            .map_err(|err| format!("adding table {id}: {err}"))?;
+        // The outer map holds its own reference; `fd` closes here.
+        Ok(())
+    }
+
+    fn unload_table(&mut self, id: u32) {
+        let _ = self.unwind_tables_map().delete(&id.to_ne_bytes());
+    }
+
+    fn set_process(&mut self, tgid: u32, incarnation: u32, mappings: &[UnwindMapping]) -> Result<(), String> {
+        let mut value = Box::<types::unwind_process>::default();
+        value.incarnation = incarnation;
+        value.count = mappings.len().min(MAX_MAPPINGS) as u32;
+        for (slot, mapping) in value.mappings.iter_mut().zip(mappings) {
+            let (table_id, row_count) = mapping
+                .table
+                .unwrap_or((types::unwind_limit::TASKPROF_UNWIND_NO_TABLE.0, 0));
+            *slot = types::unwind_mapping {
+                start: mapping.start,
+                end: mapping.end,
+                bias: mapping.bias,
+                table_id,
+                row_count,
+            };
+        }
+        self.unwind_processes_map()
+            .update(&tgid.to_ne_bytes(), as_bytes(&*value), MapFlags::ANY)
+            .map_err(|err| err.to_string())
+    }
+
+    fn remove_process(&mut self, tgid: u32) {
+        let _ = self.unwind_processes_map().delete(&tgid.to_ne_bytes());
+    }
+}

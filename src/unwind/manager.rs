@@ -1,0 +1,637 @@
+//! Which unwind tables are loaded into BPF, and for which processes.
+//!
+//! A process is loaded when the BPF program first samples it (its
+//! `PROCESS_NEW` event): each executable mapping gets the table of its file,
+//! built once per file (keyed by build id, or device and inode) and shared
+//! by every process that maps it. A table no live process maps any more is
+//! unloaded after a grace period, or at once when its memory is needed, so
+//! that short-lived processes running the same binaries do not rebuild it.
+//! A memory budget bounds the rows loaded; a table that does not fit is
+//! counted and its mapping falls back to frame pointers.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap as HashMap;
+
+use super::elf::{Elf, ElfError};
+use super::table::{build_table, TableError, UnwindTable};
+use crate::process::{FileKey, MappingKind, ProcessInfo, ProcessKey, ProcessTable};
+
+/// Bytes one row takes in BPF (`struct unwind_row`).
+pub const ROW_BYTES: u64 = 12;
+/// Executable mappings per process the BPF program can search
+/// (`TASKPROF_MAX_UNWIND_MAPPINGS`).
+pub const MAX_MAPPINGS: usize = 256;
+/// Tables loaded at once (`TASKPROF_MAX_UNWIND_TABLES`).
+pub const MAX_TABLES: u32 = 8192;
+/// How long a table nobody maps stays loaded, for the next process that
+/// runs the same file.
+pub const UNLOAD_GRACE: Duration = Duration::from_secs(30);
+
+/// One executable mapping as the BPF program sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnwindMapping {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `address - bias` is the offset into the table's rows.
+    pub bias: u64,
+    /// The table id and its row count, if the mapping has a table.
+    pub table: Option<(u32, u32)>,
+}
+
+/// The BPF maps the manager writes. The sampler implements it; tests use a
+/// recording fake.
+pub trait UnwindMaps {
+    /// Loads `table`'s rows as table `id`.
+    fn load_table(&mut self, id: u32, table: &UnwindTable) -> Result<(), String>;
+    /// Unloads table `id`.
+    fn unload_table(&mut self, id: u32);
+    /// Sets the mappings of process `tgid`, sorted by start.
+    fn set_process(&mut self, tgid: u32, incarnation: u32, mappings: &[UnwindMapping]) -> Result<(), String>;
+    /// Forgets process `tgid`.
+    fn remove_process(&mut self, tgid: u32);
+}
+
+/// What identifies a file's table.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum TableKey {
+    BuildId(Vec<u8>),
+    File(FileKey),
+    Vdso,
+}
+
+#[derive(Debug)]
+struct LoadedTable {
+    id: u32,
+    rows: u32,
+    base: u64,
+    segments: Vec<super::elf::Segment>,
+    users: u32,
+    /// When the last user went away.
+    unused_since: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct LoadedProcess {
+    incarnation: u32,
+    tables: Vec<TableKey>,
+}
+
+/// Counters for logs, metrics and the benchmark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnwindStats {
+    /// Tables built from files.
+    pub tables_built: u64,
+    /// Files with no usable unwind information.
+    pub tables_failed: u64,
+    /// Tables that did not fit the memory budget.
+    pub budget_exhausted: u64,
+    /// Tables the kernel refused to load.
+    pub load_errors: u64,
+    /// Processes whose mappings were loaded.
+    pub processes_loaded: u64,
+    /// Mappings left out because a process had more than [`MAX_MAPPINGS`].
+    pub mappings_dropped: u64,
+    /// Bytes of `.eh_frame`/`.debug_frame` parsed.
+    pub cfi_bytes: u64,
+    /// Time spent building tables.
+    pub build_time: Duration,
+}
+
+/// Loads and unloads unwind tables as processes come and go.
+#[derive(Debug)]
+pub struct UnwindManager {
+    budget_bytes: u64,
+    used_bytes: u64,
+    tables: HashMap<TableKey, LoadedTable>,
+    /// Files that have no table, so they are not tried again.
+    failed: HashMap<TableKey, ()>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+    processes: HashMap<u32, LoadedProcess>,
+    stats: UnwindStats,
+}
+
+impl UnwindManager {
+    /// A manager whose loaded rows never exceed `budget_bytes`.
+    pub fn new(budget_bytes: u64) -> UnwindManager {
+        UnwindManager {
+            budget_bytes,
+            used_bytes: 0,
+            tables: HashMap::default(),
+            failed: HashMap::default(),
+            free_ids: Vec::new(),
+            next_id: 0,
+            processes: HashMap::default(),
+            stats: UnwindStats::default(),
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> &UnwindStats {
+        &self.stats
+    }
+
+    /// Bytes of rows loaded now.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// Tables loaded now.
+    pub fn loaded_tables(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Loads (or reloads, after its mappings changed) a process's tables.
+    pub fn load_process(&mut self, maps: &mut dyn UnwindMaps, key: ProcessKey, processes: &ProcessTable) {
+        let Some(info) = processes.get(key) else {
+            return;
+        };
+        if !info.captured {
+            return;
+        }
+        self.unload_unused(maps, false);
+        let mut entries = Vec::with_capacity(info.mappings.len().min(MAX_MAPPINGS));
+        let mut used = Vec::new();
+        for mapping in mappings_in_order(info) {
+            if entries.len() == MAX_MAPPINGS {
+                self.stats.mappings_dropped += 1;
+                continue;
+            }
+            let table_key = match &mapping.kind {
+                MappingKind::Object(file) => processes.object(*file).map(|object| match &object.build_id {
+                    Some(id) if !id.is_empty() => TableKey::BuildId(id.clone()),
+                    _ => TableKey::File(*file),
+                }),
+                MappingKind::Vdso => Some(TableKey::Vdso),
+                _ => None,
+            };
+            let table = table_key.and_then(|table_key| {
+                let loaded = self.table_for(maps, &table_key, || match &mapping.kind {
+                    MappingKind::Object(file) => processes
+                        .object(*file)
+                        .ok_or(TableError::NoUnwindInfo)
+                        .and_then(|object| read_unwind_file(&object.handle_path())),
+                    _ => read_own_vdso(),
+                })?;
+                let (id, rows, bias) = (loaded.id, loaded.rows, mapping_bias(loaded, mapping)?);
+                used.push(table_key);
+                Some((id, rows, bias))
+            });
+            entries.push(match table {
+                Some((id, rows, bias)) => UnwindMapping {
+                    start: mapping.start,
+                    end: mapping.end,
+                    bias,
+                    table: Some((id, rows)),
+                },
+                None => UnwindMapping {
+                    start: mapping.start,
+                    end: mapping.end,
+                    bias: 0,
+                    table: None,
+                },
+            });
+        }
+        for table_key in &used {
+            if let Some(table) = self.tables.get_mut(table_key) {
+                table.users += 1;
+                table.unused_since = None;
+            }
+        }
+        if let Err(err) = maps.set_process(key.tgid, key.incarnation, &entries) {
+            tracing::debug!(tgid = key.tgid, "failed to load the unwind mappings: {err}");
+        }
+        self.stats.processes_loaded += 1;
+        let previous = self.processes.insert(
+            key.tgid,
+            LoadedProcess {
+                incarnation: key.incarnation,
+                tables: used,
+            },
+        );
+        if let Some(previous) = previous {
+            self.release(previous.tables);
+        }
+    }
+
+    /// An incarnation ended: its tables lose a user.
+    pub fn process_gone(&mut self, maps: &mut dyn UnwindMaps, key: ProcessKey) {
+        let ours = self
+            .processes
+            .get(&key.tgid)
+            .is_some_and(|p| p.incarnation == key.incarnation);
+        if !ours {
+            return;
+        }
+        if let Some(process) = self.processes.remove(&key.tgid) {
+            maps.remove_process(key.tgid);
+            self.release(process.tables);
+        }
+    }
+
+    /// Unloads tables nobody has mapped for [`UNLOAD_GRACE`] (or at all,
+    /// with `now`).
+    pub fn unload_unused(&mut self, maps: &mut dyn UnwindMaps, now: bool) {
+        let expired: Vec<TableKey> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| {
+                t.unused_since
+                    .is_some_and(|since| now || since.elapsed() >= UNLOAD_GRACE)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.unload(maps, &key);
+        }
+    }
+
+    fn unload(&mut self, maps: &mut dyn UnwindMaps, key: &TableKey) {
+        if let Some(table) = self.tables.remove(key) {
+            maps.unload_table(table.id);
+            self.used_bytes -= u64::from(table.rows) * ROW_BYTES;
+            self.free_ids.push(table.id);
+        }
+    }
+
+    fn release(&mut self, tables: Vec<TableKey>) {
+        for key in tables {
+            if let Some(table) = self.tables.get_mut(&key) {
+                table.users = table.users.saturating_sub(1);
+                if table.users == 0 {
+                    table.unused_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// The loaded table for `key`, building and loading it if needed.
+    fn table_for(
+        &mut self,
+        maps: &mut dyn UnwindMaps,
+        key: &TableKey,
+        read: impl FnOnce() -> Result<Vec<u8>, TableError>,
+    ) -> Option<&LoadedTable> {
+        if self.tables.contains_key(key) {
+            return self.tables.get(key);
+        }
+        if self.failed.contains_key(key) {
+            return None;
+        }
+        let started = Instant::now();
+        let built = read().and_then(|bytes| build_table(&bytes));
+        self.stats.build_time += started.elapsed();
+        let table = match built {
+            Ok(table) if !table.rows.is_empty() => table,
+            Ok(_) | Err(_) => {
+                self.stats.tables_failed += 1;
+                self.failed.insert(key.clone(), ());
+                return None;
+            }
+        };
+        self.stats.tables_built += 1;
+        self.stats.cfi_bytes += table.cfi_bytes as u64;
+        let bytes = table.rows.len() as u64 * ROW_BYTES;
+        if !self.make_room(maps, bytes) {
+            self.stats.budget_exhausted += 1;
+            return None;
+        }
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None if self.next_id < MAX_TABLES => {
+                self.next_id += 1;
+                self.next_id - 1
+            }
+            None => {
+                self.stats.budget_exhausted += 1;
+                return None;
+            }
+        };
+        if let Err(err) = maps.load_table(id, &table) {
+            tracing::debug!("failed to load an unwind table: {err}");
+            self.stats.load_errors += 1;
+            self.free_ids.push(id);
+            return None;
+        }
+        self.used_bytes += bytes;
+        self.tables.insert(
+            key.clone(),
+            LoadedTable {
+                id,
+                rows: table.rows.len() as u32,
+                base: table.base(),
+                segments: table.segments,
+                users: 0,
+                unused_since: None,
+            },
+        );
+        self.tables.get(key)
+    }
+
+    /// Frees unused tables, oldest first, until `bytes` more fit.
+    fn make_room(&mut self, maps: &mut dyn UnwindMaps, bytes: u64) -> bool {
+        while self.used_bytes + bytes > self.budget_bytes {
+            let oldest = self
+                .tables
+                .iter()
+                .filter_map(|(k, t)| t.unused_since.map(|since| (since, k.clone())))
+                .min_by_key(|(since, _)| *since);
+            match oldest {
+                Some((_, key)) => self.unload(maps, &key),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The process's mappings sorted by start, leaving out any that overlaps
+/// the one before it (a refresh keeps old mappings for symbolization).
+fn mappings_in_order(info: &ProcessInfo) -> Vec<&crate::process::Mapping> {
+    let mut sorted: Vec<&crate::process::Mapping> = info.mappings.iter().collect();
+    sorted.sort_by_key(|m| m.start);
+    let mut out: Vec<&crate::process::Mapping> = Vec::with_capacity(sorted.len());
+    for mapping in sorted {
+        if out.last().is_none_or(|last| last.end <= mapping.start) {
+            out.push(mapping);
+        }
+    }
+    out
+}
+
+/// The bias that turns an address in `mapping` into an offset from the
+/// table's base: the address's file offset, moved into the segment's
+/// virtual addresses.
+fn mapping_bias(table: &LoadedTable, mapping: &crate::process::Mapping) -> Option<u64> {
+    // A segment's file offset need not be page aligned; its mapping's is.
+    let segment = table
+        .segments
+        .iter()
+        .filter(|s| s.executable)
+        .find(|s| s.offset & !0xfff <= mapping.offset && mapping.offset < s.offset + s.file_size.max(1))?;
+    // vaddr = address - start + offset - segment.offset + segment.vaddr
+    let bias = mapping
+        .start
+        .wrapping_sub(mapping.offset)
+        .wrapping_add(segment.offset)
+        .wrapping_sub(segment.vaddr);
+    Some(bias.wrapping_add(table.base))
+}
+
+/// Reads the parts of an ELF file the table builder needs: its headers and
+/// unwind sections, at their file offsets in a zero-filled buffer. The
+/// untouched pages of the buffer are never allocated, so even a large
+/// library costs only what is read. Reading (not mapping) the file means a
+/// file truncated meanwhile gives an error rather than SIGBUS.
+pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
+    let file = File::open(path).map_err(|_| TableError::NoUnwindInfo)?;
+    let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len() as usize;
+    if len < 64 {
+        return Err(ElfError::NotElf64.into());
+    }
+    let mut buffer = vec![0u8; len];
+    let read_range = |buffer: &mut Vec<u8>, start: usize, end: usize| -> Result<(), TableError> {
+        let end = end.min(len);
+        if start < end {
+            file.read_exact_at(&mut buffer[start..end], start as u64)
+                .map_err(|_| ElfError::Malformed("file shorter than its headers say"))?;
+        }
+        Ok(())
+    };
+    read_range(&mut buffer, 0, 64)?;
+    let word = |b: &[u8], at: usize, n: usize| -> usize {
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(&b[at..at + n]);
+        u64::from_le_bytes(v) as usize
+    };
+    if buffer[..4] != *b"\x7fELF" || buffer[4] != 2 || buffer[5] != 1 {
+        return Err(ElfError::NotElf64.into());
+    }
+    let (phoff, phentsize, phnum) = (word(&buffer, 32, 8), word(&buffer, 54, 2), word(&buffer, 56, 2));
+    let (shoff, shentsize, shnum) = (word(&buffer, 40, 8), word(&buffer, 58, 2), word(&buffer, 60, 2));
+    read_range(&mut buffer, phoff, phoff.saturating_add(phentsize * phnum))?;
+    read_range(&mut buffer, shoff, shoff.saturating_add(shentsize * shnum))?;
+    let shstrndx = word(&buffer, 62, 2);
+    if shentsize >= 64 && shstrndx < shnum {
+        let at = shoff + shstrndx * shentsize;
+        if at + 40 <= len {
+            let (offset, size) = (word(&buffer, at + 24, 8), word(&buffer, at + 32, 8));
+            read_range(&mut buffer, offset, offset.saturating_add(size))?;
+        }
+    }
+    let wanted: Vec<std::ops::Range<usize>> = Elf::parse(&buffer)?
+        .sections
+        .iter()
+        .filter(|s| matches!(s.name.as_str(), ".eh_frame" | ".debug_frame"))
+        .map(|s| s.file_range.clone())
+        .collect();
+    for range in wanted {
+        read_range(&mut buffer, range.start, range.end)?;
+    }
+    Ok(buffer)
+}
+
+/// A copy of this process's vDSO image. Every process on the host maps the
+/// same one, so its table serves them all.
+fn read_own_vdso() -> Result<Vec<u8>, TableError> {
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|_| TableError::NoUnwindInfo)?;
+    let entry = crate::process::maps::parse_maps(&maps)
+        .into_iter()
+        .find(|e| matches!(&e.backing, crate::process::maps::Backing::Special(name) if name == "[vdso]"))
+        .ok_or(TableError::NoUnwindInfo)?;
+    // SAFETY: AT_SYSINFO_EHDR is the start of the vDSO mapping, which stays
+    // mapped and readable for the life of the process; /proc/self/maps
+    // gives its length.
+    let start = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
+    if start as u64 != entry.start {
+        return Err(TableError::NoUnwindInfo);
+    }
+    let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, (entry.end - entry.start) as usize) };
+    Ok(bytes.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Records what the manager writes, as the BPF maps would hold it.
+    #[derive(Default)]
+    struct FakeMaps {
+        tables: BTreeMap<u32, usize>,
+        processes: BTreeMap<u32, (u32, Vec<UnwindMapping>)>,
+        loads: usize,
+    }
+
+    impl UnwindMaps for FakeMaps {
+        fn load_table(&mut self, id: u32, table: &UnwindTable) -> Result<(), String> {
+            assert!(
+                self.tables.insert(id, table.rows.len()).is_none(),
+                "table id {id} reused while loaded"
+            );
+            self.loads += 1;
+            Ok(())
+        }
+        fn unload_table(&mut self, id: u32) {
+            assert!(
+                self.tables.remove(&id).is_some(),
+                "unloading table {id} that is not loaded"
+            );
+        }
+        fn set_process(&mut self, tgid: u32, incarnation: u32, mappings: &[UnwindMapping]) -> Result<(), String> {
+            self.processes.insert(tgid, (incarnation, mappings.to_vec()));
+            Ok(())
+        }
+        fn remove_process(&mut self, tgid: u32) {
+            self.processes.remove(&tgid);
+        }
+    }
+
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn sleeper() -> Child {
+        let child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        // Let it exec and map its libraries.
+        for _ in 0..100 {
+            let maps = std::fs::read_to_string(format!("/proc/{}/maps", child.id())).unwrap_or_default();
+            if maps.contains("libc.so") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Child(child)
+    }
+
+    fn key(tgid: u32, incarnation: u32) -> ProcessKey {
+        ProcessKey { tgid, incarnation }
+    }
+
+    fn table_ids(mappings: &[UnwindMapping]) -> Vec<u32> {
+        mappings.iter().filter_map(|m| m.table.map(|(id, _)| id)).collect()
+    }
+
+    #[test]
+    fn a_process_gets_sorted_mappings_with_tables_for_its_files() {
+        let child = sleeper();
+        let tgid = child.0.id();
+        let mut processes = ProcessTable::new();
+        processes.observe(key(tgid, 1));
+        let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
+        manager.load_process(&mut maps, key(tgid, 1), &processes);
+
+        let (incarnation, mappings) = &maps.processes[&tgid];
+        assert_eq!(*incarnation, 1);
+        assert!(mappings.windows(2).all(|w| w[0].end <= w[1].start), "sorted, disjoint");
+        // sleep, libc, ld.so and the vDSO all have .eh_frame.
+        assert!(table_ids(mappings).len() >= 4, "{mappings:?}");
+        assert_eq!(manager.loaded_tables(), maps.tables.len());
+        assert!(manager.used_bytes() > 0);
+        // The first row of each table (its base) lies in the code the
+        // mapping holds: `bias` is where the base was loaded.
+        for mapping in mappings.iter().filter(|m| m.table.is_some()) {
+            assert!(
+                mapping.start <= mapping.bias && mapping.bias < mapping.end,
+                "{mapping:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tables_are_shared_and_unloaded_only_when_unused() {
+        let (a, b) = (sleeper(), sleeper());
+        let mut processes = ProcessTable::new();
+        let (ka, kb) = (key(a.0.id(), 1), key(b.0.id(), 1));
+        processes.observe(ka);
+        processes.observe(kb);
+        let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
+        manager.load_process(&mut maps, ka, &processes);
+        let loaded = maps.loads;
+        manager.load_process(&mut maps, kb, &processes);
+        assert_eq!(maps.loads, loaded, "the same binaries are not built or loaded twice");
+        assert_eq!(manager.stats().tables_built as usize, loaded);
+        assert_eq!(
+            table_ids(&maps.processes[&ka.tgid].1),
+            table_ids(&maps.processes[&kb.tgid].1)
+        );
+
+        // A stale incarnation's end changes nothing.
+        manager.process_gone(&mut maps, key(ka.tgid, 7));
+        assert!(maps.processes.contains_key(&ka.tgid));
+
+        manager.process_gone(&mut maps, ka);
+        assert!(!maps.processes.contains_key(&ka.tgid));
+        manager.unload_unused(&mut maps, true);
+        assert_eq!(maps.tables.len(), loaded, "b still maps every table");
+
+        manager.process_gone(&mut maps, kb);
+        manager.unload_unused(&mut maps, false);
+        assert_eq!(maps.tables.len(), loaded, "kept for the grace period");
+        manager.unload_unused(&mut maps, true);
+        assert!(maps.tables.is_empty());
+        assert_eq!(manager.used_bytes(), 0);
+        assert_eq!(manager.loaded_tables(), 0);
+    }
+
+    #[test]
+    fn running_out_of_budget_is_counted_and_leaves_mappings_without_tables() {
+        let child = sleeper();
+        let tgid = child.0.id();
+        let mut processes = ProcessTable::new();
+        processes.observe(key(tgid, 1));
+        // Room for the small tables (vDSO, sleep) but not libc's.
+        let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 10));
+        manager.load_process(&mut maps, key(tgid, 1), &processes);
+        assert!(manager.stats().budget_exhausted >= 1);
+        assert!(manager.used_bytes() <= 64 << 10);
+        let mappings = &maps.processes[&tgid].1;
+        assert!(mappings.iter().any(|m| m.table.is_none()));
+        assert!(mappings.iter().any(|m| m.table.is_some()));
+    }
+
+    #[test]
+    fn unused_tables_make_room_for_new_ones() {
+        let (a, b) = (sleeper(), sleeper());
+        let mut processes = ProcessTable::new();
+        let (ka, kb) = (key(a.0.id(), 1), key(b.0.id(), 1));
+        processes.observe(ka);
+        processes.observe(kb);
+        let mut maps = FakeMaps::default();
+        let mut probe = UnwindManager::new(64 << 20);
+        probe.load_process(&mut maps, ka, &processes);
+        let needed = probe.used_bytes();
+
+        let mut maps = FakeMaps::default();
+        let mut manager = UnwindManager::new(needed);
+        manager.load_process(&mut maps, ka, &processes);
+        manager.process_gone(&mut maps, ka);
+        // b needs the same tables: they are still loaded and reused.
+        manager.load_process(&mut maps, kb, &processes);
+        assert_eq!(manager.stats().budget_exhausted, 0);
+        assert_eq!(maps.loads as u64, manager.stats().tables_built);
+    }
+
+    #[test]
+    fn reads_only_the_headers_and_unwind_sections() {
+        let bytes = read_unwind_file(std::path::Path::new(crate::unwind::test_libc())).unwrap();
+        let full = std::fs::read(crate::unwind::test_libc()).unwrap();
+        assert_eq!(bytes.len(), full.len());
+        assert_eq!(
+            build_table(&bytes).unwrap().rows,
+            build_table(&full).unwrap().rows,
+            "the partial read builds the same table"
+        );
+        let text = Elf::parse(&full).unwrap().section(".text").unwrap().file_range.clone();
+        assert!(bytes[text].iter().all(|&b| b == 0), ".text is not read");
+    }
+}
