@@ -14,8 +14,13 @@
 //!    and RSS at start and end. `TASKPROF_BENCH_AGENT_SECS` sets each run's
 //!    length (default 180).
 //!
+//! 6. the unwinder (`unwind`): BPF cost per sample walking .eh_frame
+//!    tables against the kernel's frame-pointer walk, on a C program built
+//!    without frame pointers; table build time per MB of `.eh_frame`; and
+//!    the table memory every binary mapped on this host would take.
+//!
 //! `cargo bench --bench taskprof -- processing` runs one part (rss, bpf,
-//! startup, processing, agent).
+//! startup, processing, agent, unwind).
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -23,11 +28,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use taskprof::bpf::{RawSample, Sampler, SamplerConfig, Stack};
+use taskprof::bpf::{ProcessEvent, RawSample, Sampler, SamplerConfig, Stack};
 use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use taskprof::process::{ProcessKey, ProcessTable};
 use taskprof::profile::symbolize_samples;
 use taskprof::symbolize::Symbolizer;
+use taskprof::unwind::manager::{read_unwind_file, UnwindManager, ROW_BYTES};
+use taskprof::unwind::table::build_table;
 
 const PROCESSES: usize = 200;
 const STACKS: usize = 5_000;
@@ -61,6 +68,11 @@ fn main() {
         for frequency in [19, 99] {
             agent_steady_state(frequency);
         }
+    }
+    if wanted("unwind") {
+        unwind_cost_per_sample();
+        table_build_rate();
+        host_table_memory();
     }
     println!(
         "| benchmark process peak RSS | {:.1} MiB |",
@@ -513,4 +525,168 @@ fn busy_shells(n: usize) -> Host {
             })
             .collect(),
     )
+}
+
+/// Builds `tests/fixtures/unwind/qsort_chain.c` without frame pointers.
+fn build_qsort_fixture() -> std::path::PathBuf {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/unwind/qsort_chain.c");
+    let output = std::env::temp_dir().join(format!("taskprof-bench-qsort-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-O2", "-fomit-frame-pointer", "-g", "-o"])
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .expect("run gcc (scripts/install-deps.sh installs it)");
+    assert!(status.success(), "gcc failed to build {}", source.display());
+    output
+}
+
+/// Runs the sampler at 99 Hz for 10 s over two copies of the qsort
+/// fixture, loading their unwind tables as the one-shot mode does.
+fn unwind_run(table_unwind: bool, fixture: &std::path::Path) -> (u64, u64, f64, u64) {
+    let host = Host(
+        (0..2)
+            .map(|_| {
+                Command::new(fixture)
+                    .arg("30")
+                    .spawn()
+                    .expect("spawn the qsort fixture")
+            })
+            .collect(),
+    );
+    let mut config = SamplerConfig::sized_for(99, 10, 2);
+    config.tgids = host.0.iter().map(|c| c.id()).collect();
+    config.table_unwind = table_unwind;
+    let mut sampler = Sampler::start(config).expect("start sampler");
+    let mut processes = ProcessTable::new();
+    let mut manager = UnwindManager::new(64 << 20);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for event in sampler.process_events(Duration::from_millis(100)) {
+            if let ProcessEvent::New { tgid, incarnation } = event {
+                let key = ProcessKey { tgid, incarnation };
+                processes.observe(key);
+                if table_unwind {
+                    manager.load_process(&mut sampler, key, &processes);
+                }
+            }
+        }
+        manager.poll(&mut sampler, &processes);
+    }
+    sampler.stop();
+    let (run_ns, runs) = sampler.program_run_stats().expect("program run stats");
+    let window = sampler.drain_window().expect("read samples");
+    let (mut frames, mut samples) = (0u64, 0u64);
+    for sample in &window.samples {
+        frames += sample.user.frames().len() as u64 * sample.count;
+        samples += sample.count;
+    }
+    (
+        run_ns / runs.max(1),
+        runs,
+        frames as f64 / samples.max(1) as f64,
+        window.stats.unwind_complete,
+    )
+}
+
+fn unwind_cost_per_sample() {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(sysctl).unwrap_or_else(|_| "0".into());
+    std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
+    let fixture = build_qsort_fixture();
+    for (name, table_unwind) in [("frame pointers (--unwind=fp)", false), (".eh_frame tables", true)] {
+        let (ns, runs, frames, complete) = unwind_run(table_unwind, &fixture);
+        println!(
+            "| BPF cost per sample, {name}, qsort without frame pointers, 99 Hz | {ns} ns ({runs} runs, {frames:.1} user frames per stack, {complete} complete) |"
+        );
+    }
+    let _ = std::fs::remove_file(&fixture);
+    std::fs::write(sysctl, before.trim()).expect("restore kernel.bpf_stats_enabled");
+}
+
+/// Every ELF file in the usual library and binary directories.
+fn host_elf_files() -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for dir in ["/usr/lib/x86_64-linux-gnu", "/usr/bin", "/usr/sbin"] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let is_file = entry.file_type().map(|t| t.is_file()).unwrap_or(false);
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if is_file && (dir != "/usr/lib/x86_64-linux-gnu" || name.contains(".so")) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn table_build_rate() {
+    let files = host_elf_files();
+    let (mut cfi, mut rows, mut built, mut elapsed) = (0u64, 0u64, 0usize, Duration::ZERO);
+    for path in &files {
+        let started = Instant::now();
+        let table = read_unwind_file(path).and_then(|bytes| build_table(&bytes));
+        let took = started.elapsed();
+        if let Ok(table) = table {
+            elapsed += took;
+            cfi += table.cfi_bytes as u64;
+            rows += table.rows.len() as u64;
+            built += 1;
+        }
+    }
+    let mib = cfi as f64 / (1 << 20) as f64;
+    println!(
+        "| table build, {built} ELF files under /usr ({mib:.1} MiB of .eh_frame/.debug_frame, {rows} rows) | {:.2} s, {:.1} ms per MiB |",
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1e3 / mib.max(f64::EPSILON)
+    );
+}
+
+fn host_table_memory() {
+    let mut files = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        if !entry.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        for line in maps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 6 && fields[1].contains('x') && fields[5].starts_with('/') {
+                files.insert(fields[5].to_string());
+            }
+        }
+    }
+    let mut sizes: Vec<(u64, String)> = files
+        .iter()
+        .filter_map(|path| {
+            let table = read_unwind_file(std::path::Path::new(path)).and_then(|bytes| build_table(&bytes));
+            table.ok().map(|t| (t.rows.len() as u64 * ROW_BYTES, path.clone()))
+        })
+        .collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    let total: u64 = sizes.iter().map(|(bytes, _)| bytes).sum();
+    let largest: Vec<String> = sizes
+        .iter()
+        .take(3)
+        .map(|(bytes, path)| {
+            format!(
+                "{} {:.0} KiB",
+                path.rsplit('/').next().unwrap_or(path),
+                *bytes as f64 / 1024.0
+            )
+        })
+        .collect();
+    println!(
+        "| unwind table memory, all {} files mapped executable on this host | {:.1} MiB (largest: {}) |",
+        sizes.len(),
+        total as f64 / (1 << 20) as f64,
+        largest.join(", ")
+    );
 }

@@ -275,6 +275,8 @@ struct unwind_walk {
 	__u32 gen;
 	/* ip is a return address: look up ip - 1, inside the call. */
 	bool adjust;
+	/* A frame lay in a mapping whose table is still being built. */
+	bool pending;
 };
 
 /* The sampled task's user registers: the interrupted ones for a sample
@@ -395,7 +397,9 @@ static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u
 	mapping = &walk->proc->mappings[index & (TASKPROF_MAX_UNWIND_MAPPINGS - 1)];
 	table_id = mapping->table_id;
 	row_count = mapping->row_count;
-	if (table_id == TASKPROF_UNWIND_NO_TABLE || pc < mapping->bias)
+	if (table_id == TASKPROF_UNWIND_PENDING)
+		walk->pending = true;
+	if (table_id >= TASKPROF_UNWIND_PENDING || pc < mapping->bias)
 		return NULL;
 	offset = pc - mapping->bias;
 	if (offset > 0xffffffffULL)
@@ -606,7 +610,7 @@ __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx,
 		walk.proc = NULL;
 	walk.status = UNWIND_DEPTH;
 	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &walk, 0);
-	if (!walk.proc)
+	if (!walk.proc || (walk.pending && walk.status != UNWIND_COMPLETE))
 		walk.status = UNWIND_NOT_LOADED;
 	trace->status = walk.status;
 	return walk.status;

@@ -135,6 +135,8 @@ enum unwind_limit {
 	TASKPROF_MAX_UNWIND_MAPPINGS = 256,
 	/* table_id of a mapping with no table (JIT code, no .eh_frame). */
 	TASKPROF_UNWIND_NO_TABLE = 0xffffffff,
+	/* table_id of a mapping whose table is still being built. */
+	TASKPROF_UNWIND_PENDING = 0xfffffffe,
 };
 
 /* How to compute the canonical frame address (CFA). */

@@ -3,12 +3,20 @@
 # present, so it is safe to run again. Debian 12 / Ubuntu, as root (or with
 # sudo available).
 #   scripts/install-deps.sh          build dependencies
-#   scripts/install-deps.sh --test   build and test dependencies (go tool pprof)
+#   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
+#                                    the unwinding tests' compilers, perf and workloads)
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
 if [[ "${1:-}" == "--test" ]]; then
-    packages+=(golang-go)
+    # golang-go: `go tool pprof` reads the profiles.
+    # g++ (and libstdc++, which clang++ uses too), binutils (objdump): build
+    #   and check the fixtures without frame pointers (tests/profile_unwind.rs).
+    # linux-perf: `perf record --call-graph dwarf`, the reference unwinder.
+    # xz-utils, sqlite3: real programs whose stacks are unwound.
+    # libc6-dbg: glibc's local symbols (clone3, __libc_start_call_main) for
+    #   blazesym and perf, so thread roots have names.
+    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg)
 fi
 
 missing=()

@@ -61,6 +61,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             processes.observe(key);
             unwind.load_process(&mut sampler, key, &processes);
         }
+        unwind.wait_for_tables(&mut sampler, &processes);
     }
     sampler.attach()?;
     let started_at = SystemTime::now();
@@ -196,33 +197,35 @@ fn unwind_summary(stats: &SampleStats) -> String {
 /// symbolized at the end.
 fn observe(
     processes: &mut ProcessTable,
-    mut unwind: Option<&mut UnwindManager>,
+    unwind: Option<&mut UnwindManager>,
     maps: &mut dyn UnwindMaps,
     events: Vec<ProcessEvent>,
 ) {
+    // Capture every new process first: that must happen while they live.
+    for event in &events {
+        if let ProcessEvent::New { tgid, incarnation } = *event {
+            processes.observe(ProcessKey { tgid, incarnation });
+        }
+    }
+    let Some(unwind) = unwind else {
+        return;
+    };
     for event in events {
         match event {
             ProcessEvent::New { tgid, incarnation } => {
-                let key = ProcessKey { tgid, incarnation };
-                processes.observe(key);
-                if let Some(unwind) = unwind.as_deref_mut() {
-                    unwind.load_process(maps, key, processes);
-                }
+                unwind.load_process(maps, ProcessKey { tgid, incarnation }, processes);
             }
             ProcessEvent::MappingsChanged { tgid, incarnation } => {
                 let key = ProcessKey { tgid, incarnation };
                 if processes.get(key).is_some() {
                     processes.refresh(key);
-                    if let Some(unwind) = unwind.as_deref_mut() {
-                        unwind.load_process(maps, key, processes);
-                    }
+                    unwind.load_process(maps, key, processes);
                 }
             }
             ProcessEvent::Gone { tgid, incarnation } => {
-                if let Some(unwind) = unwind.as_deref_mut() {
-                    unwind.process_gone(maps, ProcessKey { tgid, incarnation });
-                }
+                unwind.process_gone(maps, ProcessKey { tgid, incarnation });
             }
         }
     }
+    unwind.poll(maps, processes);
 }

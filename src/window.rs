@@ -153,6 +153,9 @@ impl WindowProcessor {
                 }
             }
         }
+        if let Some(unwind) = &mut self.unwind {
+            unwind.poll(maps, &self.processes);
+        }
     }
 
     /// Processes currently tracked.

@@ -7,7 +7,7 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::loader::Sampler;
 use super::types;
-use crate::unwind::manager::{UnwindMapping, UnwindMaps, MAX_MAPPINGS, ROW_BYTES};
+use crate::unwind::manager::{TableRef, UnwindMapping, UnwindMaps, MAX_MAPPINGS, ROW_BYTES};
 use crate::unwind::table::{CfaRule, RbpRule, UnwindTable};
 
 const _: () = assert!(std::mem::size_of::<types::unwind_row>() as u64 == ROW_BYTES);
@@ -122,9 +122,11 @@ impl UnwindMaps for Sampler {
         value.incarnation = incarnation;
         value.count = mappings.len().min(MAX_MAPPINGS) as u32;
         for (slot, mapping) in value.mappings.iter_mut().zip(mappings) {
-            let (table_id, row_count) = mapping
-                .table
-                .unwrap_or((types::unwind_limit::TASKPROF_UNWIND_NO_TABLE.0, 0));
+            let (table_id, row_count) = match mapping.table {
+                TableRef::Loaded(id, rows) => (id, rows),
+                TableRef::Pending => (types::unwind_limit::TASKPROF_UNWIND_PENDING.0, 0),
+                TableRef::None => (types::unwind_limit::TASKPROF_UNWIND_NO_TABLE.0, 0),
+            };
             *slot = types::unwind_mapping {
                 start: mapping.start,
                 end: mapping.end,

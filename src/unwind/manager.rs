@@ -8,9 +8,15 @@
 //! that short-lived processes running the same binaries do not rebuild it.
 //! A memory budget bounds the rows loaded; a table that does not fit is
 //! counted and its mapping falls back to frame pointers.
+//!
+//! Tables are built on a background thread. The thread that reads the BPF
+//! events must not stall on a large `.eh_frame`: it captures new processes
+//! while they are alive. Until its table is in, a mapping is marked pending
+//! and stacks through it end as "tables not loaded yet".
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -39,8 +45,19 @@ pub struct UnwindMapping {
     pub end: u64,
     /// `address - bias` is the offset into the table's rows.
     pub bias: u64,
-    /// The table id and its row count, if the mapping has a table.
-    pub table: Option<(u32, u32)>,
+    /// The mapping's table.
+    pub table: TableRef,
+}
+
+/// Which table a mapping uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableRef {
+    /// None: JIT code, or a file without usable unwind information.
+    None,
+    /// Being built: stacks through it are not complete yet.
+    Pending,
+    /// Table id and row count.
+    Loaded(u32, u32),
 }
 
 /// The BPF maps the manager writes. The sampler implements it; tests use a
@@ -79,6 +96,57 @@ struct LoadedTable {
 struct LoadedProcess {
     incarnation: u32,
     tables: Vec<TableKey>,
+    /// Tables being built that this process maps.
+    waiting: Vec<TableKey>,
+}
+
+/// What the builder thread reads a table from.
+enum Source {
+    File(File),
+    Vdso,
+}
+
+type Built = (TableKey, Result<UnwindTable, TableError>, Duration);
+
+/// The background thread that builds tables, one at a time.
+#[derive(Debug)]
+struct Builder {
+    requests: Sender<(TableKey, Source)>,
+    results: Receiver<Built>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(_) => f.write_str("File"),
+            Source::Vdso => f.write_str("Vdso"),
+        }
+    }
+}
+
+impl Builder {
+    fn start() -> Option<Builder> {
+        let (requests, inbox) = channel::<(TableKey, Source)>();
+        let (outbox, results) = channel::<Built>();
+        std::thread::Builder::new()
+            .name("taskprof-unwind".into())
+            .spawn(move || {
+                // Ends when the manager, and so `requests`, is dropped.
+                for (key, source) in inbox {
+                    let started = Instant::now();
+                    let built = match source {
+                        Source::File(file) => read_unwind_sections(&file),
+                        Source::Vdso => read_own_vdso(),
+                    }
+                    .and_then(|bytes| build_table(&bytes));
+                    if outbox.send((key, built, started.elapsed())).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Builder { requests, results })
+    }
 }
 
 /// Counters for logs, metrics and the benchmark.
@@ -110,9 +178,15 @@ pub struct UnwindManager {
     tables: HashMap<TableKey, LoadedTable>,
     /// Files that have no table, so they are not tried again.
     failed: HashMap<TableKey, ()>,
+    /// Tables that did not fit the budget; tried again once memory is
+    /// freed.
+    over_budget: HashMap<TableKey, ()>,
     free_ids: Vec<u32>,
     next_id: u32,
     processes: HashMap<u32, LoadedProcess>,
+    /// Tables being built.
+    pending: HashMap<TableKey, ()>,
+    builder: Option<Builder>,
     stats: UnwindStats,
 }
 
@@ -124,11 +198,19 @@ impl UnwindManager {
             used_bytes: 0,
             tables: HashMap::default(),
             failed: HashMap::default(),
+            over_budget: HashMap::default(),
             free_ids: Vec::new(),
             next_id: 0,
             processes: HashMap::default(),
+            pending: HashMap::default(),
+            builder: None,
             stats: UnwindStats::default(),
         }
+    }
+
+    /// Tables being built now.
+    pub fn pending_tables(&self) -> usize {
+        self.pending.len()
     }
 
     /// The counters so far.
@@ -147,6 +229,9 @@ impl UnwindManager {
     }
 
     /// Loads (or reloads, after its mappings changed) a process's tables.
+    /// Tables not built yet are requested from the builder thread; the
+    /// process's mappings are written again when they arrive (see
+    /// [`UnwindManager::poll`]).
     pub fn load_process(&mut self, maps: &mut dyn UnwindMaps, key: ProcessKey, processes: &ProcessTable) {
         let Some(info) = processes.get(key) else {
             return;
@@ -157,6 +242,7 @@ impl UnwindManager {
         self.unload_unused(maps, false);
         let mut entries = Vec::with_capacity(info.mappings.len().min(MAX_MAPPINGS));
         let mut used = Vec::new();
+        let mut waiting = Vec::new();
         for mapping in mappings_in_order(info) {
             if entries.len() == MAX_MAPPINGS {
                 self.stats.mappings_dropped += 1;
@@ -170,32 +256,36 @@ impl UnwindManager {
                 MappingKind::Vdso => Some(TableKey::Vdso),
                 _ => None,
             };
-            let table = table_key.and_then(|table_key| {
-                let loaded = self.table_for(maps, &table_key, || match &mapping.kind {
-                    MappingKind::Object(file) => processes
-                        .object(*file)
-                        .ok_or(TableError::NoUnwindInfo)
-                        .and_then(|object| read_unwind_file(&object.handle_path())),
-                    _ => read_own_vdso(),
-                })?;
-                let (id, rows, bias) = (loaded.id, loaded.rows, mapping_bias(loaded, mapping)?);
-                used.push(table_key);
-                Some((id, rows, bias))
-            });
-            entries.push(match table {
-                Some((id, rows, bias)) => UnwindMapping {
-                    start: mapping.start,
-                    end: mapping.end,
-                    bias,
-                    table: Some((id, rows)),
-                },
-                None => UnwindMapping {
-                    start: mapping.start,
-                    end: mapping.end,
-                    bias: 0,
-                    table: None,
-                },
-            });
+            let mut entry = UnwindMapping {
+                start: mapping.start,
+                end: mapping.end,
+                bias: 0,
+                table: TableRef::None,
+            };
+            if let Some(table_key) = table_key {
+                if let Some(loaded) = self.tables.get(&table_key) {
+                    if let Some(bias) = mapping_bias(loaded, mapping) {
+                        entry.bias = bias;
+                        entry.table = TableRef::Loaded(loaded.id, loaded.rows);
+                        used.push(table_key);
+                    }
+                } else if !self.failed.contains_key(&table_key) && !self.over_budget.contains_key(&table_key) {
+                    let source = match &mapping.kind {
+                        MappingKind::Object(file) => processes
+                            .object(*file)
+                            .and_then(|object| File::open(object.handle_path()).ok())
+                            .map(Source::File),
+                        _ => Some(Source::Vdso),
+                    };
+                    if let Some(source) = source {
+                        if self.request(table_key.clone(), source) {
+                            entry.table = TableRef::Pending;
+                            waiting.push(table_key);
+                        }
+                    }
+                }
+            }
+            entries.push(entry);
         }
         for table_key in &used {
             if let Some(table) = self.tables.get_mut(table_key) {
@@ -212,10 +302,78 @@ impl UnwindManager {
             LoadedProcess {
                 incarnation: key.incarnation,
                 tables: used,
+                waiting,
             },
         );
         if let Some(previous) = previous {
             self.release(previous.tables);
+        }
+    }
+
+    /// Asks the builder for a table, unless it is being built already.
+    fn request(&mut self, key: TableKey, source: Source) -> bool {
+        if self.pending.contains_key(&key) {
+            return true;
+        }
+        if self.builder.is_none() {
+            self.builder = Builder::start();
+        }
+        let Some(builder) = &self.builder else {
+            return false;
+        };
+        if builder.requests.send((key.clone(), source)).is_err() {
+            return false;
+        }
+        self.pending.insert(key, ());
+        true
+    }
+
+    /// Loads the tables the builder has finished, and writes again the
+    /// mappings of the processes that were waiting for them. Never blocks.
+    pub fn poll(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable) {
+        let mut finished = Vec::new();
+        if let Some(builder) = &self.builder {
+            while let Ok(built) = builder.results.try_recv() {
+                finished.push(built);
+            }
+        }
+        self.finish(maps, processes, finished);
+    }
+
+    /// Waits for every table being built and loads them (before sampling
+    /// starts, and in tests).
+    pub fn wait_for_tables(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable) {
+        while !self.pending.is_empty() {
+            let Some(built) = self.builder.as_ref().and_then(|b| b.results.recv().ok()) else {
+                self.pending.clear();
+                break;
+            };
+            self.finish(maps, processes, vec![built]);
+        }
+    }
+
+    fn finish(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable, finished: Vec<Built>) {
+        if finished.is_empty() {
+            return;
+        }
+        let mut done = Vec::with_capacity(finished.len());
+        for (key, built, took) in finished {
+            self.pending.remove(&key);
+            self.stats.build_time += took;
+            self.install(maps, &key, built);
+            done.push(key);
+        }
+        let waiting: Vec<ProcessKey> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.waiting.iter().any(|k| done.contains(k)))
+            .map(|(&tgid, p)| ProcessKey {
+                tgid,
+                incarnation: p.incarnation,
+            })
+            .collect();
+        for key in waiting {
+            self.load_process(maps, key, processes);
         }
     }
 
@@ -256,6 +414,8 @@ impl UnwindManager {
             maps.unload_table(table.id);
             self.used_bytes -= u64::from(table.rows) * ROW_BYTES;
             self.free_ids.push(table.id);
+            // Room was made: tables that did not fit may now.
+            self.over_budget.clear();
         }
     }
 
@@ -270,53 +430,41 @@ impl UnwindManager {
         }
     }
 
-    /// The loaded table for `key`, building and loading it if needed.
-    fn table_for(
-        &mut self,
-        maps: &mut dyn UnwindMaps,
-        key: &TableKey,
-        read: impl FnOnce() -> Result<Vec<u8>, TableError>,
-    ) -> Option<&LoadedTable> {
-        if self.tables.contains_key(key) {
-            return self.tables.get(key);
-        }
-        if self.failed.contains_key(key) {
-            return None;
-        }
-        let started = Instant::now();
-        let built = read().and_then(|bytes| build_table(&bytes));
-        self.stats.build_time += started.elapsed();
+    /// Loads a table the builder finished (or records that there is none).
+    fn install(&mut self, maps: &mut dyn UnwindMaps, key: &TableKey, built: Result<UnwindTable, TableError>) {
         let table = match built {
             Ok(table) if !table.rows.is_empty() => table,
             Ok(_) | Err(_) => {
                 self.stats.tables_failed += 1;
                 self.failed.insert(key.clone(), ());
-                return None;
+                return;
             }
         };
         self.stats.tables_built += 1;
         self.stats.cfi_bytes += table.cfi_bytes as u64;
         let bytes = table.rows.len() as u64 * ROW_BYTES;
-        if !self.make_room(maps, bytes) {
+        let id = if self.make_room(maps, bytes) {
+            match self.free_ids.pop() {
+                Some(id) => Some(id),
+                None if self.next_id < MAX_TABLES => {
+                    self.next_id += 1;
+                    Some(self.next_id - 1)
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let Some(id) = id else {
             self.stats.budget_exhausted += 1;
-            return None;
-        }
-        let id = match self.free_ids.pop() {
-            Some(id) => id,
-            None if self.next_id < MAX_TABLES => {
-                self.next_id += 1;
-                self.next_id - 1
-            }
-            None => {
-                self.stats.budget_exhausted += 1;
-                return None;
-            }
+            self.over_budget.insert(key.clone(), ());
+            return;
         };
         if let Err(err) = maps.load_table(id, &table) {
             tracing::debug!("failed to load an unwind table: {err}");
             self.stats.load_errors += 1;
             self.free_ids.push(id);
-            return None;
+            return;
         }
         self.used_bytes += bytes;
         self.tables.insert(
@@ -327,10 +475,9 @@ impl UnwindManager {
                 base: table.base(),
                 segments: table.segments,
                 users: 0,
-                unused_since: None,
+                unused_since: Some(Instant::now()),
             },
         );
-        self.tables.get(key)
     }
 
     /// Frees unused tables, oldest first, until `bytes` more fit.
@@ -390,6 +537,11 @@ fn mapping_bias(table: &LoadedTable, mapping: &crate::process::Mapping) -> Optio
 /// file truncated meanwhile gives an error rather than SIGBUS.
 pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
     let file = File::open(path).map_err(|_| TableError::NoUnwindInfo)?;
+    read_unwind_sections(&file)
+}
+
+/// [`read_unwind_file`] on an open file.
+fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
     let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len() as usize;
     if len < 64 {
         return Err(ElfError::NotElf64.into());
@@ -513,12 +665,25 @@ mod tests {
         Child(child)
     }
 
+    /// Loads a process and waits for its tables to be built.
+    fn load(manager: &mut UnwindManager, maps: &mut FakeMaps, key: ProcessKey, processes: &ProcessTable) {
+        manager.load_process(maps, key, processes);
+        manager.wait_for_tables(maps, processes);
+        assert_eq!(manager.pending_tables(), 0);
+    }
+
     fn key(tgid: u32, incarnation: u32) -> ProcessKey {
         ProcessKey { tgid, incarnation }
     }
 
     fn table_ids(mappings: &[UnwindMapping]) -> Vec<u32> {
-        mappings.iter().filter_map(|m| m.table.map(|(id, _)| id)).collect()
+        mappings
+            .iter()
+            .filter_map(|m| match m.table {
+                TableRef::Loaded(id, _) => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 
     #[test]
@@ -528,7 +693,7 @@ mod tests {
         let mut processes = ProcessTable::new();
         processes.observe(key(tgid, 1));
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
-        manager.load_process(&mut maps, key(tgid, 1), &processes);
+        load(&mut manager, &mut maps, key(tgid, 1), &processes);
 
         let (incarnation, mappings) = &maps.processes[&tgid];
         assert_eq!(*incarnation, 1);
@@ -539,11 +704,37 @@ mod tests {
         assert!(manager.used_bytes() > 0);
         // The first row of each table (its base) lies in the code the
         // mapping holds: `bias` is where the base was loaded.
-        for mapping in mappings.iter().filter(|m| m.table.is_some()) {
+        for mapping in mappings.iter().filter(|m| matches!(m.table, TableRef::Loaded(..))) {
             assert!(
                 mapping.start <= mapping.bias && mapping.bias < mapping.end,
                 "{mapping:?}"
             );
+        }
+    }
+
+    #[test]
+    fn mappings_are_pending_until_their_tables_are_built() {
+        let child = sleeper();
+        let tgid = child.0.id();
+        let mut processes = ProcessTable::new();
+        processes.observe(key(tgid, 1));
+        let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
+        manager.load_process(&mut maps, key(tgid, 1), &processes);
+        let first = maps.processes[&tgid].1.clone();
+        assert!(
+            first.iter().all(|m| !matches!(m.table, TableRef::Loaded(..))),
+            "{first:?}"
+        );
+        assert!(first.iter().any(|m| m.table == TableRef::Pending));
+        assert!(manager.pending_tables() > 0);
+
+        manager.wait_for_tables(&mut maps, &processes);
+        let now = &maps.processes[&tgid].1;
+        assert_eq!(now.len(), first.len());
+        for (before, after) in first.iter().zip(now) {
+            if before.table == TableRef::Pending {
+                assert!(matches!(after.table, TableRef::Loaded(..)), "{after:?}");
+            }
         }
     }
 
@@ -555,9 +746,9 @@ mod tests {
         processes.observe(ka);
         processes.observe(kb);
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
-        manager.load_process(&mut maps, ka, &processes);
+        load(&mut manager, &mut maps, ka, &processes);
         let loaded = maps.loads;
-        manager.load_process(&mut maps, kb, &processes);
+        load(&mut manager, &mut maps, kb, &processes);
         assert_eq!(maps.loads, loaded, "the same binaries are not built or loaded twice");
         assert_eq!(manager.stats().tables_built as usize, loaded);
         assert_eq!(
@@ -591,12 +782,12 @@ mod tests {
         processes.observe(key(tgid, 1));
         // Room for the small tables (vDSO, sleep) but not libc's.
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 10));
-        manager.load_process(&mut maps, key(tgid, 1), &processes);
+        load(&mut manager, &mut maps, key(tgid, 1), &processes);
         assert!(manager.stats().budget_exhausted >= 1);
         assert!(manager.used_bytes() <= 64 << 10);
         let mappings = &maps.processes[&tgid].1;
-        assert!(mappings.iter().any(|m| m.table.is_none()));
-        assert!(mappings.iter().any(|m| m.table.is_some()));
+        assert!(mappings.iter().any(|m| m.table == TableRef::None));
+        assert!(mappings.iter().any(|m| matches!(m.table, TableRef::Loaded(..))));
     }
 
     #[test]
@@ -608,15 +799,15 @@ mod tests {
         processes.observe(kb);
         let mut maps = FakeMaps::default();
         let mut probe = UnwindManager::new(64 << 20);
-        probe.load_process(&mut maps, ka, &processes);
+        load(&mut probe, &mut maps, ka, &processes);
         let needed = probe.used_bytes();
 
         let mut maps = FakeMaps::default();
         let mut manager = UnwindManager::new(needed);
-        manager.load_process(&mut maps, ka, &processes);
+        load(&mut manager, &mut maps, ka, &processes);
         manager.process_gone(&mut maps, ka);
         // b needs the same tables: they are still loaded and reused.
-        manager.load_process(&mut maps, kb, &processes);
+        load(&mut manager, &mut maps, kb, &processes);
         assert_eq!(manager.stats().budget_exhausted, 0);
         assert_eq!(maps.loads as u64, manager.stats().tables_built);
     }

@@ -22,6 +22,7 @@ use taskprof::pprof::proto::{Profile, Sample};
 pub mod agent_run;
 pub mod fake_kube;
 pub mod receivers;
+pub mod unwind;
 
 /// Flags every fixture is built with: frame pointers for the unwinder,
 /// no inlining so each C function is its own frame, and DWARF for names.
