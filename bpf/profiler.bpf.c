@@ -139,13 +139,24 @@ static __always_inline void stat_inc(__u32 gen, __u32 index)
 		*value += 1;
 }
 
-/* A 64-bit hash of a stack's frames (a multiply-rotate mix per frame). */
-static __always_inline __u64 hash_stack(const struct stack_trace *trace)
+/*
+ * A 64-bit hash of the stack in this CPU's `stack_scratch` (a
+ * multiply-rotate mix per frame), or 0 if there is none. A global function,
+ * so the verifier checks its loop once rather than in every caller.
+ */
+__attribute__((noinline)) __u64 hash_scratch_stack(void)
 {
-	__u64 hash = 0x9e3779b97f4a7c15ULL ^ trace->len ^ ((__u64)trace->status << 32);
+	struct stack_trace *trace;
+	__u32 zero = 0, len;
+	__u64 hash;
 
+	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!trace)
+		return 0;
+	len = trace->len;
+	hash = 0x9e3779b97f4a7c15ULL ^ len ^ ((__u64)trace->status << 32);
 	for (int i = 0; i < TASKPROF_MAX_STACK_DEPTH; i++) {
-		if (i >= trace->len)
+		if (i >= len)
 			break;
 		hash ^= trace->ips[i] * 0xff51afd7ed558ccdULL;
 		hash = (hash << 31) | (hash >> 33);
@@ -196,7 +207,9 @@ static __always_inline __u64 save_stack(struct stack_trace *trace, void *stacks,
 	__u64 id;
 	long err;
 
-	id = hash_stack(trace);
+	id = hash_scratch_stack();
+	if (id == 0)
+		return STACK_ERROR;
 	if (bpf_map_lookup_elem(stacks, &id))
 		return id;
 	err = bpf_map_update_elem(stacks, &id, trace, BPF_NOEXIST);
@@ -264,26 +277,51 @@ static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
  * Only user_regs() and the register names in the walk are x86_64; arm64
  * would add its register set there (pc, sp, fp and the link register).
  */
-struct unwind_walk {
-	struct stack_trace *trace;
-	struct unwind_process *proc;
+/* The registers and flags of a walk in progress. They live in a per-CPU
+ * map, not on the stack: the verifier does not track map contents, so the
+ * values they take (flags, status codes) do not multiply the states it
+ * explores in the loop body. */
+struct unwind_state {
 	__u64 ip;
 	__u64 sp;
 	__u64 bp;
 	__u32 status;
+	/* ip is a return address: look up ip - 1, inside the call. */
+	__u8 adjust;
+	/* A frame lay in a mapping whose table is still being built. */
+	__u8 pending;
+	__u8 _pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct unwind_state);
+	__uint(max_entries, 1);
+} unwind_scratch SEC(".maps");
+
+/* What a frame step works with. */
+struct unwind_walk {
+	struct stack_trace *trace;
+	struct unwind_process *proc;
+	struct unwind_state *state;
 	__u32 tgid;
 	__u32 gen;
-	/* ip is a return address: look up ip - 1, inside the call. */
-	bool adjust;
-	/* A frame lay in a mapping whose table is still being built. */
-	bool pending;
+};
+
+/* The bpf_loop context: only values that stay the same for the walk. */
+struct unwind_loop {
+	__u32 tgid;
+	__u32 gen;
+	/* The process's mappings are loaded, for this incarnation. */
+	__u32 has_proc;
 };
 
 /* The sampled task's user registers: the interrupted ones for a sample
  * taken in user mode, else those saved when it entered the kernel. False
  * for kernel threads, which have none. */
 static __always_inline bool user_regs(struct bpf_perf_event_data *ctx,
-				      struct unwind_walk *walk)
+				      struct unwind_state *walk)
 {
 	/* Each field is read with its own load: the verifier rejects a load
 	 * through a ctx pointer that was moved first. */
@@ -318,9 +356,9 @@ static __always_inline int read_user_u64(__u64 *value, __u64 address)
 /*
  * The two binary searches are global functions: the verifier checks each
  * once, on its own, instead of once per path of the unwinder that calls
- * it. Both update their bounds without branching (`below` is 1 when the
- * probed entry starts at or below the target, from the sign of a
- * subtraction), which keeps each search a single path.
+ * it. Each step updates the bounds without branching (`below` is 1 when
+ * the probed entry starts at or below the target, from the sign of a
+ * subtraction), so the only branch per step is the loop's exit.
  */
 
 /* Index of the mapping of `tgid` that holds `pc`, or -1. User addresses
@@ -337,12 +375,12 @@ __attribute__((noinline)) int unwind_find_mapping(__u32 tgid, __u64 pc)
 	if (hi > TASKPROF_MAX_UNWIND_MAPPINGS)
 		return -1;
 	for (int i = 0; i < 9; i++) {
+		if (lo >= hi)
+			break;
 		mid = (lo + (hi - lo) / 2) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1);
 		below = (proc->mappings[mid].start - pc - 1) >> 63;
-		/* Once lo == hi the bounds must stay put. */
-		below &= lo < hi;
 		lo = lo + below * (mid + 1 - lo);
-		hi = hi - (1 - below) * (lo < hi) * (hi - mid);
+		hi = mid + below * (hi - mid);
 	}
 	if (lo == 0)
 		return -1;
@@ -398,7 +436,7 @@ static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u
 	table_id = mapping->table_id;
 	row_count = mapping->row_count;
 	if (table_id == TASKPROF_UNWIND_PENDING)
-		walk->pending = true;
+		walk->state->pending = 1;
 	if (table_id >= TASKPROF_UNWIND_PENDING || pc < mapping->bias)
 		return NULL;
 	offset = pc - mapping->bias;
@@ -432,7 +470,7 @@ static __always_inline void request_refresh(struct unwind_walk *walk)
 }
 
 /* Follows the frame pointer chain one frame. */
-static __always_inline long frame_pointer_step(struct unwind_walk *walk)
+static __always_inline long frame_pointer_step(struct unwind_state *walk)
 {
 	__u64 frame[2];
 
@@ -449,7 +487,7 @@ static __always_inline long frame_pointer_step(struct unwind_walk *walk)
 	walk->ip = frame[1];
 	walk->sp = walk->bp + 16;
 	walk->bp = frame[0];
-	walk->adjust = true;
+	walk->adjust = 1;
 	if (walk->ip == 0) {
 		walk->status = UNWIND_COMPLETE;
 		return 1;
@@ -457,19 +495,32 @@ static __always_inline long frame_pointer_step(struct unwind_walk *walk)
 	return 0;
 }
 
-/* One frame: record ip, then find the caller's registers. Returns 1 to
- * stop the loop. */
-static long unwind_step(__u64 index, void *arg)
+/*
+ * One frame: record ip, then find the caller's registers. Returns 1 to stop
+ * the walk. A global function, verified once on its own: the walk's state
+ * is in per-CPU maps, looked up here, so nothing the verifier tracks
+ * changes from one frame to the next.
+ */
+__attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc)
 {
-	struct unwind_walk *walk = arg;
-	struct stack_trace *trace = walk->trace;
+	struct unwind_walk context = {}, *ctx = &context;
 	struct unwind_row *row = NULL;
+	struct stack_trace *trace;
+	struct unwind_state *walk;
+	__u32 len, zero = 0, key = tgid;
 	bool unknown = false;
 	__u64 pc, cfa, bp, ra;
-	__u32 len;
 
-	if (!trace)
+	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
+	walk = bpf_map_lookup_elem(&unwind_scratch, &zero);
+	if (!trace || !walk)
 		return 1;
+	context.trace = trace;
+	context.state = walk;
+	context.tgid = tgid;
+	context.gen = gen;
+	if (has_proc)
+		context.proc = bpf_map_lookup_elem(&unwind_processes, &key);
 	len = trace->len;
 	if (len >= TASKPROF_MAX_STACK_DEPTH) {
 		walk->status = UNWIND_DEPTH;
@@ -479,10 +530,10 @@ static long unwind_step(__u64 index, void *arg)
 	trace->len = len + 1;
 
 	pc = walk->adjust ? walk->ip - 1 : walk->ip;
-	if (walk->proc) {
-		row = find_row(walk, pc, &unknown);
+	if (ctx->proc) {
+		row = find_row(ctx, pc, &unknown);
 		if (unknown)
-			request_refresh(walk);
+			request_refresh(ctx);
 	}
 	if (!row || row->cfa_kind == CFA_NO_INFO)
 		return frame_pointer_step(walk);
@@ -518,7 +569,7 @@ static long unwind_step(__u64 index, void *arg)
 		walk->bp = bp;
 		walk->sp = cfa;
 		/* The interrupted ip is not a return address. */
-		walk->adjust = false;
+		walk->adjust = 0;
 		return 0;
 	default:
 		walk->status = UNWIND_UNSUPPORTED;
@@ -554,12 +605,19 @@ static long unwind_step(__u64 index, void *arg)
 	walk->ip = ra;
 	walk->sp = cfa;
 	walk->bp = bp;
-	walk->adjust = true;
+	walk->adjust = 1;
 	if (ra == 0) {
 		walk->status = UNWIND_COMPLETE;
 		return 1;
 	}
 	return 0;
+}
+
+static long unwind_step(__u64 index, void *arg)
+{
+	struct unwind_loop *loop = arg;
+
+	return unwind_frame(loop->tgid, loop->gen, loop->has_proc) ? 1 : 0;
 }
 
 static __always_inline __u32 unwind_stat(__u32 status)
@@ -589,31 +647,34 @@ static __always_inline __u32 unwind_stat(__u32 status)
 __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx, __u32 tgid,
 						__u32 incarnation, __u32 gen)
 {
-	struct unwind_walk walk = {};
+	struct unwind_loop loop = {};
+	struct unwind_process *proc;
+	struct unwind_state *state;
 	struct stack_trace *trace;
 	__u32 key = tgid, zero = 0;
 
-	if (!ctx || !user_regs(ctx, &walk))
-		return -1;
+	state = bpf_map_lookup_elem(&unwind_scratch, &zero);
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
-	if (!trace)
+	if (!ctx || !state || !trace)
 		return -2;
+	if (!user_regs(ctx, state))
+		return -1;
+	state->status = UNWIND_DEPTH;
+	state->adjust = 0;
+	state->pending = 0;
 	trace->len = 0;
 	trace->status = UNWIND_NOT_LOADED;
-	walk.trace = trace;
-	walk.tgid = tgid;
-	walk.gen = gen;
-	walk.proc = bpf_map_lookup_elem(&unwind_processes, &key);
+	proc = bpf_map_lookup_elem(&unwind_processes, &key);
 	/* Incarnation 0: loaded before sampling began (--pid), for whichever
 	 * incarnation is sampled first; exec and exit delete the entry. */
-	if (walk.proc && walk.proc->incarnation != incarnation && walk.proc->incarnation != 0)
-		walk.proc = NULL;
-	walk.status = UNWIND_DEPTH;
-	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &walk, 0);
-	if (!walk.proc || (walk.pending && walk.status != UNWIND_COMPLETE))
-		walk.status = UNWIND_NOT_LOADED;
-	trace->status = walk.status;
-	return walk.status;
+	loop.has_proc = proc && (proc->incarnation == incarnation || proc->incarnation == 0);
+	loop.tgid = tgid;
+	loop.gen = gen;
+	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &loop, 0);
+	if (!loop.has_proc || (state->pending && state->status != UNWIND_COMPLETE))
+		state->status = UNWIND_NOT_LOADED;
+	trace->status = state->status;
+	return state->status;
 }
 
 /*

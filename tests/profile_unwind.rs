@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use common::unwind::{
     contains_chain, function_is, objdump, parse_perf_script, perf_offenders, perf_record_pids, perf_samples_for_pid,
-    perf_share, reaches_root, record_pprof_with, stack_reaches_root, stack_share, taskprof_offenders, DebianWorkload,
-    PerfSample, Share, UnwindFixture, Workload,
+    perf_share, reaches_root, stack_reaches_root, stack_share, taskprof_offenders, DebianWorkload, PerfSample, Share,
+    UnwindFixture, Workload,
 };
-use common::{total_count, ProfileView, Stack};
+use common::{record_pprof_with, total_count, ProfileView, Stack};
 
 /// How long each profile samples.
 const PROFILE_DURATION: &str = "4s";

@@ -73,68 +73,83 @@ impl FixtureProgram {
             .join(format!("{}.c", self.name()))
     }
 
-    /// Path to the built executable, compiling it on first use.
-    ///
-    /// Builds are cached under `CARGO_TARGET_TMPDIR` in a directory named
-    /// after a hash of the source and flags, so an edited fixture is rebuilt
-    /// and an unchanged one is built once per target directory. Within one
-    /// test binary a mutex serialises builds; across test binaries running
-    /// at the same time, each compiles to a private name and renames it into
-    /// place, so nobody ever executes a half-written file.
+    /// Path to the built executable, compiling it with clang on first use
+    /// (see [`build_cached`]).
     pub fn executable(self) -> PathBuf {
-        static BUILT: Mutex<BTreeMap<FixtureProgram, PathBuf>> = Mutex::new(BTreeMap::new());
+        build_cached(self.name(), &self.source(), &clang(), FIXTURE_CFLAGS, "fixtures")
+    }
+}
 
-        let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(path) = built.get(&self) {
-            return path.clone();
-        }
-        let path = self.build();
-        built.insert(self, path.clone());
-        path
+/// Path to the executable `name` compiled from `source` by `compiler` with
+/// `flags` (followed by `-o OUTPUT SOURCE`), compiling it on first use.
+///
+/// Builds are cached under `CARGO_TARGET_TMPDIR/subdir` in a directory named
+/// after a hash of the source, the flags and the compiler (its path, size
+/// and modification time, so one upgraded in place counts as new), so an
+/// edited fixture is rebuilt and an unchanged one is built once per target
+/// directory. Within one test binary a mutex serialises builds and remembers
+/// their paths; across test binaries running at the same time, each compiles
+/// to a private name and renames it into place, so nobody ever executes a
+/// half-written file.
+pub fn build_cached(name: &str, source: &Path, compiler: &Path, flags: &[&str], subdir: &str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<(String, String), PathBuf>> = Mutex::new(BTreeMap::new());
+
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let key = (subdir.to_owned(), name.to_owned());
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let path = build_uncached(name, source, compiler, flags, subdir);
+    built.insert(key, path.clone());
+    path
+}
+
+fn build_uncached(name: &str, source: &Path, compiler: &Path, flags: &[&str], subdir: &str) -> PathBuf {
+    let code =
+        std::fs::read(source).unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
+    let mut hasher = DefaultHasher::new();
+    code.hash(&mut hasher);
+    flags.hash(&mut hasher);
+    compiler.hash(&mut hasher);
+    // A compiler upgraded in place has a new size or modification time.
+    if let Ok(metadata) = std::fs::metadata(compiler) {
+        metadata.len().hash(&mut hasher);
+        metadata.modified().ok().hash(&mut hasher);
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(subdir)
+        .join(format!("{name}-{:016x}", hasher.finish()));
+    let output = dir.join(name);
+    if output.is_file() {
+        return output;
     }
 
-    fn build(self) -> PathBuf {
-        let source = self.source();
-        let code =
-            std::fs::read(&source).unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
-        let mut hasher = DefaultHasher::new();
-        code.hash(&mut hasher);
-        FIXTURE_CFLAGS.hash(&mut hasher);
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures").join(format!(
-            "{}-{:016x}",
-            self.name(),
-            hasher.finish()
-        ));
-        let output = dir.join(self.name());
-        if output.is_file() {
-            return output;
-        }
-
-        std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
-        let partial = dir.join(format!(".{}.{}.partial", self.name(), std::process::id()));
-        let result = Command::new(clang())
-            .args(FIXTURE_CFLAGS)
-            .arg("-o")
-            .arg(&partial)
-            .arg(&source)
-            .output()
-            .unwrap_or_else(|err| panic!("failed to run clang: {err}"));
-        assert!(
-            result.status.success(),
-            "failed to compile `{}` ({}):\n{}",
-            source.display(),
-            result.status,
-            String::from_utf8_lossy(&result.stderr)
-        );
-        std::fs::rename(&partial, &output).unwrap_or_else(|err| {
-            panic!(
-                "failed to move `{}` to `{}`: {err}",
-                partial.display(),
-                output.display()
-            )
-        });
-        output
-    }
+    std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
+    let partial = dir.join(format!(".{name}.{}.partial", std::process::id()));
+    let result = Command::new(compiler)
+        .args(flags)
+        .arg("-o")
+        .arg(&partial)
+        .arg(source)
+        .output()
+        .unwrap_or_else(|err| panic!("failed to run `{}`: {err}", compiler.display()));
+    assert!(
+        result.status.success(),
+        "failed to compile `{}` with `{} {}` ({}):\n{}",
+        source.display(),
+        compiler.display(),
+        flags.join(" "),
+        result.status,
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::rename(&partial, &output).unwrap_or_else(|err| {
+        panic!(
+            "failed to move `{}` to `{}`: {err}",
+            partial.display(),
+            output.display()
+        )
+    });
+    output
 }
 
 /// A running fixture process. Dropping it kills and reaps the process, so a
@@ -416,15 +431,22 @@ pub struct RecordedProfile {
 /// Profiles `pids` (the whole host if empty) for `duration` into a pprof
 /// file, checks the run succeeded, and decodes the result.
 pub fn record_pprof(pids: &[u32], duration: &str) -> RecordedProfile {
+    record_pprof_with(pids, duration, &[])
+}
+
+/// [`record_pprof`] with `extra_args` added to `taskprof profile` (e.g.
+/// `--unwind=fp`).
+pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> RecordedProfile {
     let dir = scratch_dir();
     let output = dir.path().join("profile.pb.gz");
-    let mut args = vec![
+    let mut args: Vec<String> = vec![
         "profile".to_owned(),
         "--duration".to_owned(),
         duration.to_owned(),
         "-o".to_owned(),
         path_arg(&output).to_owned(),
     ];
+    args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
     for pid in pids {
         args.push("--pid".to_owned());
         args.push(pid.to_string());
@@ -644,7 +666,8 @@ pub fn describe_stacks(stacks: &[Stack]) -> String {
 // External tools
 // ---------------------------------------------------------------------------
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+/// The first file called `name` in a directory of PATH.
+pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

@@ -8,10 +8,8 @@
 //! message naming `scripts/install-deps.sh --test`, so a machine without it
 //! fails the tests instead of skipping them.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsString;
-use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,7 +17,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::{path_arg, read_pprof, run_taskprof, scratch_dir, RecordedProfile, Stack, RUN_TIMEOUT};
+use super::{build_cached, find_in_path, scratch_dir, Stack};
 
 /// Prefix of the synthetic outermost frame of a stack the unwinder gave up on.
 pub const UNWIND_STOPPED_PREFIX: &str = "[unwind stopped: ";
@@ -211,13 +209,6 @@ pub fn perf_offenders(samples: &[PerfSample], offending: impl Fn(&PerfSample) ->
 // ---------------------------------------------------------------------------
 // Tools
 // ---------------------------------------------------------------------------
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
 
 /// The first of `names` found in PATH, else the first existing path of
 /// `fallbacks`; panics naming `package` otherwise.
@@ -444,73 +435,16 @@ impl UnwindFixture {
         }
     }
 
-    /// Path to the built executable, compiling it on first use.
-    ///
-    /// Cached like [`super::FixtureProgram::executable`]: under
-    /// `CARGO_TARGET_TMPDIR`, in a directory named after a hash of the
-    /// source, the flags and the compiler, compiled to a private name and
-    /// renamed into place.
+    /// Path to the built executable, compiling it on first use (see
+    /// [`super::build_cached`]).
     pub fn executable(self) -> PathBuf {
-        static BUILT: Mutex<BTreeMap<UnwindFixture, PathBuf>> = Mutex::new(BTreeMap::new());
-
-        let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(path) = built.get(&self) {
-            return path.clone();
-        }
-        let path = self.build();
-        built.insert(self, path.clone());
-        path
-    }
-
-    fn build(self) -> PathBuf {
-        let source = self.source();
-        let compiler = self.compiler();
-        let flags = self.flags();
-        let code =
-            std::fs::read(&source).unwrap_or_else(|err| panic!("failed to read fixture `{}`: {err}", source.display()));
-        let mut hasher = DefaultHasher::new();
-        code.hash(&mut hasher);
-        flags.hash(&mut hasher);
-        compiler.hash(&mut hasher);
-        // A compiler upgraded in place has a new size or modification time.
-        if let Ok(metadata) = std::fs::metadata(&compiler) {
-            metadata.len().hash(&mut hasher);
-            metadata.modified().ok().hash(&mut hasher);
-        }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("fixtures/unwind")
-            .join(format!("{}-{:016x}", self.name(), hasher.finish()));
-        let output = dir.join(self.name());
-        if output.is_file() {
-            return output;
-        }
-
-        std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("failed to create `{}`: {err}", dir.display()));
-        let partial = dir.join(format!(".{}.{}.partial", self.name(), std::process::id()));
-        let result = Command::new(&compiler)
-            .args(&flags)
-            .arg("-o")
-            .arg(&partial)
-            .arg(&source)
-            .output()
-            .unwrap_or_else(|err| panic!("failed to run `{}`: {err}", compiler.display()));
-        assert!(
-            result.status.success(),
-            "failed to compile `{}` with `{} {}` ({}):\n{}",
-            source.display(),
-            compiler.display(),
-            flags.join(" "),
-            result.status,
-            String::from_utf8_lossy(&result.stderr)
-        );
-        std::fs::rename(&partial, &output).unwrap_or_else(|err| {
-            panic!(
-                "failed to move `{}` to `{}`: {err}",
-                partial.display(),
-                output.display()
-            )
-        });
-        output
+        build_cached(
+            self.name(),
+            &self.source(),
+            &self.compiler(),
+            &self.flags(),
+            "fixtures/unwind",
+        )
     }
 
     /// Builds the fixture if needed and starts it for `seconds` seconds.
@@ -695,39 +629,6 @@ pub fn xz_input() -> PathBuf {
 }
 
 // ---------------------------------------------------------------------------
-// Profiling with taskprof
-// ---------------------------------------------------------------------------
-
-/// Profiles `pids` for `duration` into a pprof file with `extra_args` added
-/// to `taskprof profile` (e.g. `--unwind=fp`), checks the run succeeded,
-/// and decodes the result.
-pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> RecordedProfile {
-    let dir = scratch_dir();
-    let output = dir.path().join("profile.pb.gz");
-    let mut args: Vec<String> = vec![
-        "profile".to_owned(),
-        "--duration".to_owned(),
-        duration.to_owned(),
-        "-o".to_owned(),
-        path_arg(&output).to_owned(),
-    ];
-    args.extend(extra_args.iter().map(|arg| (*arg).to_owned()));
-    for pid in pids {
-        args.push("--pid".to_owned());
-        args.push(pid.to_string());
-    }
-    let run = run_taskprof(&args, dir.path(), RUN_TIMEOUT);
-    run.assert_success();
-    let profile = read_pprof(&output);
-    RecordedProfile {
-        dir,
-        output,
-        run,
-        profile,
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Profiling with perf
 // ---------------------------------------------------------------------------
 
@@ -771,22 +672,14 @@ pub fn perf_record_pids(pids: &[u32], duration: Duration, frequency: u32) -> Vec
     let dir = scratch_dir();
     let data = dir.path().join("perf.data");
     let pid_list = pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let mut args: Vec<OsString> = vec![
-        "record".into(),
-        "-q".into(),
-        "-F".into(),
-        frequency.to_string().into(),
-        "-g".into(),
-        "--call-graph".into(),
-        "dwarf".into(),
+    let mut args = perf_record_args(frequency, &data);
+    args.extend([
         "-p".into(),
         pid_list.into(),
-        "-o".into(),
-        data.clone().into(),
         "--".into(),
         "sleep".into(),
-    ];
-    args.push(format!("{:.3}", duration.as_secs_f64()).into());
+        format!("{:.3}", duration.as_secs_f64()).into(),
+    ]);
     run_perf(&args, duration + Duration::from_secs(60));
     perf_script(&data)
 }
@@ -801,7 +694,18 @@ pub fn perf_record_command(
 ) -> Vec<PerfSample> {
     let dir = scratch_dir();
     let data = dir.path().join("perf.data");
-    let mut args: Vec<OsString> = vec![
+    let mut args = perf_record_args(frequency, &data);
+    args.extend(["--".into(), program.into()]);
+    args.extend(program_args.iter().map(OsString::from));
+    run_perf(&args, timeout);
+    perf_script(&data)
+}
+
+/// `perf record` arguments to sample at `frequency` Hz with DWARF call
+/// graphs into `data`, quietly; the target (`-p`, or `--` and a command)
+/// goes after them.
+fn perf_record_args(frequency: u32, data: &Path) -> Vec<OsString> {
+    vec![
         "record".into(),
         "-q".into(),
         "-F".into(),
@@ -810,13 +714,8 @@ pub fn perf_record_command(
         "--call-graph".into(),
         "dwarf".into(),
         "-o".into(),
-        data.clone().into(),
-        "--".into(),
-        program.into(),
-    ];
-    args.extend(program_args.iter().map(OsString::from));
-    run_perf(&args, timeout);
-    perf_script(&data)
+        data.into(),
+    ]
 }
 
 /// Runs perf with `args`, killing it after `timeout`, and panics with its
