@@ -19,8 +19,14 @@
 //!    without frame pointers; table build time per MB of `.eh_frame`; and
 //!    the table memory every binary mapped on this host would take.
 //!
+//! 7. stack completeness (`completeness`): the share of samples whose stack
+//!    reaches the thread's root, for taskprof, taskprof `--unwind=fp` and
+//!    `perf record --call-graph dwarf`, on the unwinding fixtures (C, C++
+//!    and Rust built without frame pointers) and on Debian's xz and
+//!    sqlite3, with the integration tests' workloads and root rules.
+//!
 //! `cargo bench --bench taskprof -- processing` runs one part (rss, bpf,
-//! startup, processing, agent, unwind).
+//! startup, processing, agent, unwind, completeness).
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -35,6 +41,10 @@ use taskprof::profile::symbolize_samples;
 use taskprof::symbolize::Symbolizer;
 use taskprof::unwind::manager::{read_unwind_file, UnwindManager, ROW_BYTES};
 use taskprof::unwind::table::build_table;
+
+// The integration tests' fixtures, workloads and stack readers.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const PROCESSES: usize = 200;
 const STACKS: usize = 5_000;
@@ -73,6 +83,9 @@ fn main() {
         unwind_cost_per_sample();
         table_build_rate();
         host_table_memory();
+    }
+    if wanted("completeness") {
+        stack_completeness();
     }
     println!(
         "| benchmark process peak RSS | {:.1} MiB |",
@@ -543,7 +556,7 @@ fn build_qsort_fixture() -> std::path::PathBuf {
 
 /// Runs the sampler at 99 Hz for 10 s over two copies of the qsort
 /// fixture, loading their unwind tables as the one-shot mode does.
-fn unwind_run(table_unwind: bool, fixture: &std::path::Path) -> (u64, u64, f64, u64) {
+fn unwind_run(table_unwind: bool, fixture: &std::path::Path) -> (u64, u64, f64, u64, u64) {
     let host = Host(
         (0..2)
             .map(|_| {
@@ -581,10 +594,13 @@ fn unwind_run(table_unwind: bool, fixture: &std::path::Path) -> (u64, u64, f64, 
         frames += sample.user.frames().len() as u64 * sample.count;
         samples += sample.count;
     }
+    // Per accepted sample: runs of other tasks, dropped by the pid filter,
+    // are counted in run_cnt but cost next to nothing.
     (
-        run_ns / runs.max(1),
+        run_ns / window.stats.samples.max(1),
         runs,
         frames as f64 / samples.max(1) as f64,
+        window.stats.samples,
         window.stats.unwind_complete,
     )
 }
@@ -595,9 +611,9 @@ fn unwind_cost_per_sample() {
     std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
     let fixture = build_qsort_fixture();
     for (name, table_unwind) in [("frame pointers (--unwind=fp)", false), (".eh_frame tables", true)] {
-        let (ns, runs, frames, complete) = unwind_run(table_unwind, &fixture);
+        let (ns, runs, frames, samples, complete) = unwind_run(table_unwind, &fixture);
         println!(
-            "| BPF cost per sample, {name}, qsort without frame pointers, 99 Hz | {ns} ns ({runs} runs, {frames:.1} user frames per stack, {complete} complete) |"
+            "| BPF cost per sample, {name}, 2 × qsort without frame pointers, 99 Hz, 10 s | {ns} ns ({samples} samples of {runs} runs, {frames:.1} user frames per stack, {complete} walked to the root) |"
         );
     }
     let _ = std::fs::remove_file(&fixture);
@@ -689,4 +705,52 @@ fn host_table_memory() {
         total as f64 / (1 << 20) as f64,
         largest.join(", ")
     );
+}
+
+/// The share of `workload`'s samples whose stack reaches the root in a 4 s
+/// `taskprof profile --pid` with `args`.
+fn taskprof_completeness(mut workload: common::unwind::Workload, args: &[&str]) -> common::unwind::Share {
+    use common::unwind::{stack_reaches_root, stack_share};
+    let recorded = common::record_pprof_with(&[workload.pid()], "4s", args);
+    workload.assert_running();
+    let stacks = common::ProfileView::new(&recorded.profile).stacks_for_pid(workload.pid());
+    stack_share(&stacks, stack_reaches_root)
+}
+
+/// The same for `perf record --call-graph dwarf` at `frequency` Hz.
+fn perf_completeness(mut workload: common::unwind::Workload, frequency: u32) -> common::unwind::Share {
+    use common::unwind::{perf_record_pids, perf_samples_for_pid, perf_share, PerfSample};
+    let samples = perf_record_pids(&[workload.pid()], Duration::from_secs(4), frequency);
+    workload.assert_running();
+    perf_share(
+        &perf_samples_for_pid(&samples, workload.pid()),
+        PerfSample::reaches_root,
+    )
+}
+
+fn stack_completeness() {
+    use common::unwind::{DebianWorkload, UnwindFixture};
+    let row = |name: &str, dwarf: common::unwind::Share, fp: common::unwind::Share, perf: common::unwind::Share| {
+        println!(
+            "| stack completeness, {name}: taskprof / taskprof --unwind=fp / perf --call-graph dwarf | {:.1}% / {:.1}% / {:.1}% ({} / {} / {} samples) |",
+            dwarf.percent(),
+            fp.percent(),
+            perf.percent(),
+            dwarf.total,
+            fp.total,
+            perf.total
+        );
+    };
+    for fixture in UnwindFixture::ALL {
+        let dwarf = taskprof_completeness(fixture.spawn(12.0), &["--frequency", "499"]);
+        let fp = taskprof_completeness(fixture.spawn(12.0), &["--frequency", "499", "--unwind", "fp"]);
+        let perf = perf_completeness(fixture.spawn(12.0), 499);
+        row(&format!("{} (499 Hz)", fixture.name()), dwarf, fp, perf);
+    }
+    for workload in [DebianWorkload::Xz, DebianWorkload::Sqlite3] {
+        let dwarf = taskprof_completeness(workload.spawn(), &[]);
+        let fp = taskprof_completeness(workload.spawn(), &["--unwind", "fp"]);
+        let perf = perf_completeness(workload.spawn(), 99);
+        row(&format!("Debian {} (99 Hz)", workload.name()), dwarf, fp, perf);
+    }
 }

@@ -506,6 +506,134 @@ mod tests {
         assert_eq!(table.row_for(table.base().saturating_sub(1)), None);
     }
 
+    /// What `readelf --debug-dump=frames-interp` says holds at one address.
+    struct ReadelfRow {
+        address: u64,
+        cfa: String,
+        rbp: String,
+        ra: String,
+    }
+
+    /// The FDE rows of `readelf --debug-dump=frames-interp` (binutils),
+    /// an independent CFI interpreter.
+    fn readelf_rows(path: &str) -> Vec<ReadelfRow> {
+        let output = std::process::Command::new("readelf")
+            .args(["--debug-dump=frames-interp", "-W", path])
+            .output()
+            .expect("readelf (binutils) is needed: run scripts/install-deps.sh --test");
+        // readelf exits 1 after warnings about other sections (libc's
+        // stripped .gnu_debuglink); its frame dump is still whole.
+        assert!(!output.stdout.is_empty(), "readelf printed nothing for {path}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let mut rows = Vec::new();
+        let (mut in_fde, mut columns) = (false, Vec::<String>::new());
+        for line in text.lines() {
+            if line.contains(" FDE ") {
+                in_fde = true;
+            } else if line.contains(" CIE") || line.trim().is_empty() {
+                in_fde = in_fde && !line.contains(" CIE");
+            } else if line.trim_start().starts_with("LOC") {
+                columns = line.split_whitespace().map(str::to_string).collect();
+            } else if in_fde {
+                // A register appears as `r10 (r10)`: one field.
+                let mut fields: Vec<String> = Vec::new();
+                for token in line.split_whitespace() {
+                    match fields.last_mut() {
+                        Some(last) if token.starts_with('(') => {
+                            last.push(' ');
+                            last.push_str(token);
+                        }
+                        _ => fields.push(token.to_string()),
+                    }
+                }
+                // Rows start with a 16-digit address; not the terminator.
+                let Some(address) = fields
+                    .first()
+                    .filter(|f| f.len() == 16)
+                    .and_then(|f| u64::from_str_radix(f, 16).ok())
+                else {
+                    continue;
+                };
+                let column = |name: &str| {
+                    columns
+                        .iter()
+                        .position(|c| c == name)
+                        .and_then(|i| fields.get(i))
+                        .map_or("u".to_string(), |v| v.to_string())
+                };
+                rows.push(ReadelfRow {
+                    address,
+                    cfa: column("CFA"),
+                    rbp: column("rbp"),
+                    ra: column("ra"),
+                });
+            }
+        }
+        rows
+    }
+
+    /// Every row of the table agrees with binutils' reading of the same
+    /// CFI: same CFA register and offset, same place for rbp, roots where
+    /// the return address is undefined, and expressions only where readelf
+    /// sees one.
+    #[test]
+    fn rows_agree_with_readelf() {
+        for path in [crate::unwind::test_libc(), "/lib64/ld-linux-x86-64.so.2", "/usr/bin/ls"] {
+            let (_, table) = table_of(path);
+            let reference = readelf_rows(path);
+            assert!(
+                reference.len() > 500,
+                "{path}: readelf printed only {} rows",
+                reference.len()
+            );
+            let mut mismatches = Vec::new();
+            for expected in &reference {
+                let Some(row) = table.row_for(expected.address) else {
+                    mismatches.push(format!("{:#x}: no row", expected.address));
+                    continue;
+                };
+                let cfa_ok = match (expected.ra.as_str(), expected.cfa.as_str()) {
+                    ("u", _) => row.cfa == CfaRule::Root,
+                    // The return address in a register: not followed.
+                    (ra, _) if ra != "c-8" && ra != "exp" => row.cfa == CfaRule::Unsupported,
+                    (_, "exp") => matches!(
+                        row.cfa,
+                        CfaRule::Plt { .. } | CfaRule::RbpDeref(_) | CfaRule::Signal | CfaRule::Unsupported
+                    ),
+                    (_, cfa) => match cfa.split_once('+') {
+                        Some(("rsp", n)) => row.cfa == CfaRule::RspOffset(n.parse().unwrap()),
+                        Some(("rbp", n)) => row.cfa == CfaRule::RbpOffset(n.parse().unwrap()),
+                        _ => row.cfa == CfaRule::Unsupported,
+                    },
+                };
+                let rbp_ok = match row.cfa {
+                    CfaRule::Root | CfaRule::Signal | CfaRule::Unsupported => true,
+                    _ => match expected.rbp.as_str() {
+                        "u" | "s" => row.rbp == RbpRule::Unchanged,
+                        "exp" => matches!(row.rbp, RbpRule::RbpOffset(_) | RbpRule::Unsupported),
+                        offset => match offset.strip_prefix('c') {
+                            Some(n) => row.rbp == RbpRule::CfaOffset(n.parse().unwrap()),
+                            None => row.rbp == RbpRule::Unsupported,
+                        },
+                    },
+                };
+                if !(cfa_ok && rbp_ok) {
+                    mismatches.push(format!(
+                        "{:#x}: readelf CFA {} rbp {} ra {}, table {:?}",
+                        expected.address, expected.cfa, expected.rbp, expected.ra, row
+                    ));
+                }
+            }
+            assert!(
+                mismatches.is_empty(),
+                "{path}: {} of {} rows differ from readelf, first ones:\n{}",
+                mismatches.len(),
+                reference.len(),
+                mismatches[..mismatches.len().min(15)].join("\n")
+            );
+        }
+    }
+
     #[test]
     fn files_without_cfi_or_not_elf_are_errors() {
         assert!(matches!(build_table(b"not elf"), Err(TableError::Elf(_))));
