@@ -354,26 +354,23 @@ static __always_inline int read_user_u64(__u64 *value, __u64 address)
 }
 
 /*
- * The two binary searches are global functions: the verifier checks each
- * once, on its own, instead of once per path of the unwinder that calls
- * it. Each step updates the bounds without branching (`below` is 1 when
- * the probed entry starts at or below the target, from the sign of a
- * subtraction), so the only branch per step is the loop's exit.
+ * The two binary searches. Each step updates the bounds without branching
+ * (`below` is 1 when the probed entry starts at or below the target, from
+ * the sign of a subtraction), so the only branch per step is the loop's
+ * exit, and the verifier follows few paths through them. They are inlined
+ * into unwind_frame, which the verifier checks once.
  */
 
-/* Index of the mapping of `tgid` that holds `pc`, or -1. User addresses
- * are below 2^63, so the sign of `start - pc - 1` says whether start <= pc. */
-__attribute__((noinline)) int unwind_find_mapping(__u32 tgid, __u64 pc)
+/* The mapping of `proc` that holds `pc`. User addresses are below 2^63, so
+ * the sign of `start - pc - 1` says whether start <= pc. */
+static __always_inline struct unwind_mapping *find_mapping(struct unwind_process *proc,
+							   __u64 pc)
 {
-	struct unwind_process *proc;
-	__u32 key = tgid, lo = 0, hi, mid, below, index;
+	__u32 lo = 0, hi = proc->count, mid, below;
+	struct unwind_mapping *mapping;
 
-	proc = bpf_map_lookup_elem(&unwind_processes, &key);
-	if (!proc)
-		return -1;
-	hi = proc->count;
 	if (hi > TASKPROF_MAX_UNWIND_MAPPINGS)
-		return -1;
+		return NULL;
 	for (int i = 0; i < 9; i++) {
 		if (lo >= hi)
 			break;
@@ -383,58 +380,28 @@ __attribute__((noinline)) int unwind_find_mapping(__u32 tgid, __u64 pc)
 		hi = mid + below * (hi - mid);
 	}
 	if (lo == 0)
-		return -1;
-	index = (lo - 1) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1);
-	if (pc >= proc->mappings[index].end)
-		return -1;
-	return index;
-}
-
-/* Index of the row of table `table_id` (`row_count` rows) in force at
- * `offset`, or -1. */
-__attribute__((noinline)) int unwind_find_row(__u32 table_id, __u32 row_count, __u32 offset)
-{
-	__u32 key = table_id, lo = 0, hi = row_count, mid, below;
-	struct unwind_row *row;
-	void *rows;
-
-	rows = bpf_map_lookup_elem(&unwind_tables, &key);
-	if (!rows)
-		return -1;
-	for (int i = 0; i < 24; i++) {
-		if (lo >= hi)
-			break;
-		mid = lo + (hi - lo) / 2;
-		row = bpf_map_lookup_elem(rows, &mid);
-		if (!row)
-			return -1;
-		below = ((__u64)row->pc - offset - 1) >> 63;
-		lo = lo + below * (mid + 1 - lo);
-		hi = mid + below * (hi - mid);
-	}
-	if (lo == 0 || lo > 0x7fffffff)
-		return -1;
-	return lo - 1;
+		return NULL;
+	mapping = &proc->mappings[(lo - 1) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1)];
+	return pc < mapping->end ? mapping : NULL;
 }
 
 /* The row in force at `pc`, found through the process's mappings. */
 static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u64 pc,
 						   bool *unknown)
 {
+	__u32 table_id, lo = 0, hi, mid, below;
 	struct unwind_mapping *mapping;
-	__u32 table_id, row_count, key;
+	struct unwind_row *row;
 	__u64 offset;
 	void *rows;
-	int index;
 
-	index = unwind_find_mapping(walk->tgid, pc);
-	if (index < 0 || !walk->proc) {
+	mapping = walk->proc ? find_mapping(walk->proc, pc) : NULL;
+	if (!mapping) {
 		*unknown = true;
 		return NULL;
 	}
-	mapping = &walk->proc->mappings[index & (TASKPROF_MAX_UNWIND_MAPPINGS - 1)];
 	table_id = mapping->table_id;
-	row_count = mapping->row_count;
+	hi = mapping->row_count;
 	if (table_id == TASKPROF_UNWIND_PENDING)
 		walk->state->pending = 1;
 	if (table_id >= TASKPROF_UNWIND_PENDING || pc < mapping->bias)
@@ -442,14 +409,24 @@ static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u
 	offset = pc - mapping->bias;
 	if (offset > 0xffffffffULL)
 		return NULL;
-	index = unwind_find_row(table_id, row_count, (__u32)offset);
-	if (index < 0)
-		return NULL;
 	rows = bpf_map_lookup_elem(&unwind_tables, &table_id);
 	if (!rows)
 		return NULL;
-	key = index;
-	return bpf_map_lookup_elem(rows, &key);
+	for (int i = 0; i < 24; i++) {
+		if (lo >= hi)
+			break;
+		mid = lo + (hi - lo) / 2;
+		row = bpf_map_lookup_elem(rows, &mid);
+		if (!row)
+			return NULL;
+		below = ((__u64)row->pc - offset - 1) >> 63;
+		lo = lo + below * (mid + 1 - lo);
+		hi = mid + below * (hi - mid);
+	}
+	if (lo == 0)
+		return NULL;
+	mid = lo - 1;
+	return bpf_map_lookup_elem(rows, &mid);
 }
 
 /* Asks userspace, at most once a second per process, to read the
