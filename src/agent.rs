@@ -59,16 +59,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     sampler_config.tgids = config.pids.clone();
     sampler_config.verifier_log = config.verifier_log;
     sampler_config.table_unwind = config.unwind_table_memory.is_some();
-    let mut sampler = Sampler::start(sampler_config)?;
-    ready.store(true, Ordering::SeqCst);
-    metrics.set_ready(true);
-    tracing::info!(
-        frequency_hz = config.frequency_hz,
-        window = %humantime::format_duration(config.window),
-        protocol = ?config.upload.protocol,
-        metrics = %metrics_address,
-        "sampling"
-    );
+    let mut sampler = Sampler::load(sampler_config)?;
 
     let labels = SeriesLabels {
         service_name: config.service_name.clone(),
@@ -108,6 +99,20 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             },
         }));
     }
+    // The processes named by --pid get their unwind tables before the
+    // first sample.
+    processor.preload_unwind_tables(&config.pids, &mut sampler);
+    sampler.attach()?;
+    ready.store(true, Ordering::SeqCst);
+    metrics.set_ready(true);
+    tracing::info!(
+        frequency_hz = config.frequency_hz,
+        window = %humantime::format_duration(config.window),
+        protocol = ?config.upload.protocol,
+        metrics = %metrics_address,
+        "sampling"
+    );
+
     let mut totals = SampleStats::default();
     let mut filtered_total = 0u64;
     // Windows tile time: each starts where the previous one ended (the

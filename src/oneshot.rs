@@ -14,11 +14,7 @@ use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, P
 use crate::process::{ProcessKey, ProcessTable};
 use crate::profile::symbolize_samples;
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps};
-
-/// The incarnation the BPF program accepts for any process: tables loaded
-/// before sampling starts, when the process's number is not known yet.
-const PRELOADED_INCARNATION: u32 = 0;
+use crate::unwind::manager::{UnwindManager, UnwindMaps, PRELOADED_INCARNATION};
 
 /// What a finished profile contains.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey, ProcessTable};
 use crate::profile::{symbolize_samples, Sample};
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps};
+use crate::unwind::manager::{UnwindManager, UnwindMaps, PRELOADED_INCARNATION};
 use crate::upload::{Batch, SeriesProfile};
 
 /// Labels every series of this agent carries.
@@ -85,6 +85,31 @@ impl WindowProcessor {
     pub fn with_unwinding(mut self, unwind: UnwindManager) -> WindowProcessor {
         self.unwind = Some(unwind);
         self
+    }
+
+    /// Loads the unwind tables of the processes named by `--pid` before
+    /// sampling starts, so that none of their first stacks is cut short.
+    pub fn preload_unwind_tables(&mut self, tgids: &[u32], maps: &mut dyn UnwindMaps) {
+        let Some(unwind) = &mut self.unwind else {
+            return;
+        };
+        let keys: Vec<ProcessKey> = tgids
+            .iter()
+            .map(|&tgid| ProcessKey {
+                tgid,
+                incarnation: PRELOADED_INCARNATION,
+            })
+            .collect();
+        for &key in &keys {
+            self.processes.observe(key);
+            unwind.load_process(maps, key, &self.processes);
+        }
+        unwind.wait_for_tables(maps, &self.processes);
+        // Samples carry the BPF program's own incarnation numbers: the
+        // process is captured again under its number when first sampled.
+        for key in keys {
+            self.processes.forget(key);
+        }
     }
 
     /// The unwind table manager, when table unwinding is on.

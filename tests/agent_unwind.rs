@@ -41,10 +41,11 @@ fn agent_stacks_of_a_program_without_frame_pointers_reach_the_root() {
     assert!(total >= 200, "too few samples to judge: {total}");
     let complete: i64 = stacks.iter().filter(|s| stack_reaches_root(s)).map(|s| s.count).sum();
     let offenders = taskprof_offenders(&stacks, |s| !stack_reaches_root(s));
-    // Only the first samples, taken before the tables were built, may stop
-    // short, and they must say so.
+    // The tables of a --pid process are loaded before sampling starts; a
+    // stack that still stops short (the process mapped new code) must say
+    // why.
     assert!(
-        complete as f64 >= 0.97 * total as f64,
+        complete as f64 >= 0.99 * total as f64,
         "{complete} of {total} stacks reach the root; the others:\n{offenders}"
     );
     for stack in stacks.iter().filter(|s| !stack_reaches_root(s)) {
@@ -69,7 +70,7 @@ fn agent_stacks_of_a_program_without_frame_pointers_reach_the_root() {
         .map(|(_, v)| *v)
         .unwrap_or(0.0);
     assert!(
-        complete_metric >= 0.97 * taken,
+        complete_metric >= 0.99 * taken,
         "taskprof_user_stacks_total: {by_result:?}"
     );
     assert!(

@@ -32,6 +32,11 @@ pub const ROW_BYTES: u64 = 12;
 pub const MAX_MAPPINGS: usize = 256;
 /// Tables loaded at once (`TASKPROF_MAX_UNWIND_TABLES`).
 pub const MAX_TABLES: u32 = 8192;
+/// The incarnation the BPF program accepts for any process: tables loaded
+/// before sampling starts (`--pid`), when the number the program will give
+/// the process is not known yet.
+pub const PRELOADED_INCARNATION: u32 = 0;
+
 /// How long a table nobody maps stays loaded, for the next process that
 /// runs the same file.
 pub const UNLOAD_GRACE: Duration = Duration::from_secs(30);
