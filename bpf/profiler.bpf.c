@@ -446,30 +446,39 @@ static __always_inline void request_refresh(struct unwind_walk *walk)
 	send_event(walk->tgid, proc->incarnation, PROCESS_MAPPINGS_CHANGED, walk->gen);
 }
 
+/* Ends the walk with `status`. */
+static __always_inline long stop_walk(struct unwind_state *walk, __u32 status)
+{
+	walk->status = status;
+	return 1;
+}
+
+/* Moves the walk to the caller's registers; a zero return address ends a
+ * thread's stack. `adjust` says whether `ip` is a return address. */
+static __always_inline long step_to_caller(struct unwind_state *walk, __u64 ip, __u64 sp,
+					   __u64 bp, __u8 adjust)
+{
+	walk->ip = ip;
+	walk->sp = sp;
+	walk->bp = bp;
+	walk->adjust = adjust;
+	if (ip == 0)
+		return stop_walk(walk, UNWIND_COMPLETE);
+	return 0;
+}
+
 /* Follows the frame pointer chain one frame. */
 static __always_inline long frame_pointer_step(struct unwind_state *walk)
 {
 	__u64 frame[2];
 
-	if (walk->bp == 0) {
-		/* _start and thread entry clear rbp: the chain ends here. */
-		walk->status = UNWIND_COMPLETE;
-		return 1;
-	}
+	/* _start and thread entry clear rbp: the chain ends here. */
+	if (walk->bp == 0)
+		return stop_walk(walk, UNWIND_COMPLETE);
 	if (walk->bp < walk->sp ||
-	    bpf_probe_read_user(frame, sizeof(frame), (const void *)walk->bp)) {
-		walk->status = UNWIND_NO_TABLE;
-		return 1;
-	}
-	walk->ip = frame[1];
-	walk->sp = walk->bp + 16;
-	walk->bp = frame[0];
-	walk->adjust = 1;
-	if (walk->ip == 0) {
-		walk->status = UNWIND_COMPLETE;
-		return 1;
-	}
-	return 0;
+	    bpf_probe_read_user(frame, sizeof(frame), (const void *)walk->bp))
+		return stop_walk(walk, UNWIND_NO_TABLE);
+	return step_to_caller(walk, frame[1], walk->bp + 16, frame[0], 1);
 }
 
 /*
@@ -499,10 +508,8 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 	if (has_proc)
 		context.proc = bpf_map_lookup_elem(&unwind_processes, &key);
 	len = trace->len;
-	if (len >= TASKPROF_MAX_STACK_DEPTH) {
-		walk->status = UNWIND_DEPTH;
-		return 1;
-	}
+	if (len >= TASKPROF_MAX_STACK_DEPTH)
+		return stop_walk(walk, UNWIND_DEPTH);
 	trace->ips[len] = walk->ip;
 	trace->len = len + 1;
 
@@ -517,8 +524,7 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 
 	switch (row->cfa_kind) {
 	case CFA_ROOT:
-		walk->status = UNWIND_COMPLETE;
-		return 1;
+		return stop_walk(walk, UNWIND_COMPLETE);
 	case CFA_RSP:
 		cfa = walk->sp + (__s64)row->cfa_offset;
 		break;
@@ -529,28 +535,19 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 		cfa = walk->sp + 8 + ((walk->ip & 15) >= (__u64)row->cfa_offset ? 8 : 0);
 		break;
 	case CFA_RBP_DEREF:
-		if (read_user_u64(&cfa, walk->bp + (__s64)row->cfa_offset)) {
-			walk->status = UNWIND_READ_FAILED;
-			return 1;
-		}
+		if (read_user_u64(&cfa, walk->bp + (__s64)row->cfa_offset))
+			return stop_walk(walk, UNWIND_READ_FAILED);
 		break;
 	case CFA_SIGNAL:
 		/* The kernel's ucontext at rsp holds the interrupted registers
 		 * (uc_mcontext.gregs: rbp at 120, rsp at 160, rip at 168). */
 		if (read_user_u64(&ra, walk->sp + 168) || read_user_u64(&bp, walk->sp + 120) ||
-		    read_user_u64(&cfa, walk->sp + 160)) {
-			walk->status = UNWIND_READ_FAILED;
-			return 1;
-		}
-		walk->ip = ra;
-		walk->bp = bp;
-		walk->sp = cfa;
+		    read_user_u64(&cfa, walk->sp + 160))
+			return stop_walk(walk, UNWIND_READ_FAILED);
 		/* The interrupted ip is not a return address. */
-		walk->adjust = 0;
-		return 0;
+		return step_to_caller(walk, ra, cfa, bp, 0);
 	default:
-		walk->status = UNWIND_UNSUPPORTED;
-		return 1;
+		return stop_walk(walk, UNWIND_UNSUPPORTED);
 	}
 
 	switch (row->rbp_kind) {
@@ -558,36 +555,21 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 		bp = walk->bp;
 		break;
 	case RBP_CFA_OFFSET:
-		if (read_user_u64(&bp, cfa + (__s64)row->rbp_offset)) {
-			walk->status = UNWIND_READ_FAILED;
-			return 1;
-		}
+		if (read_user_u64(&bp, cfa + (__s64)row->rbp_offset))
+			return stop_walk(walk, UNWIND_READ_FAILED);
 		break;
 	case RBP_RBP_OFFSET:
-		if (read_user_u64(&bp, walk->bp + (__s64)row->rbp_offset)) {
-			walk->status = UNWIND_READ_FAILED;
-			return 1;
-		}
+		if (read_user_u64(&bp, walk->bp + (__s64)row->rbp_offset))
+			return stop_walk(walk, UNWIND_READ_FAILED);
 		break;
 	default:
-		walk->status = UNWIND_UNSUPPORTED;
-		return 1;
+		return stop_walk(walk, UNWIND_UNSUPPORTED);
 	}
 	/* Every frame lies above its callee's: a CFA at or below rsp means
 	 * the registers are not what the row assumes. */
-	if (cfa <= walk->sp || read_user_u64(&ra, cfa - 8)) {
-		walk->status = UNWIND_READ_FAILED;
-		return 1;
-	}
-	walk->ip = ra;
-	walk->sp = cfa;
-	walk->bp = bp;
-	walk->adjust = 1;
-	if (ra == 0) {
-		walk->status = UNWIND_COMPLETE;
-		return 1;
-	}
-	return 0;
+	if (cfa <= walk->sp || read_user_u64(&ra, cfa - 8))
+		return stop_walk(walk, UNWIND_READ_FAILED);
+	return step_to_caller(walk, ra, cfa, bp, 1);
 }
 
 static long unwind_step(__u64 index, void *arg)

@@ -7,36 +7,43 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent_run::{assert_no_sample_lost, AgentCommand};
+use common::agent_run::{assert_no_sample_lost, AgentCommand, MetricsPage};
 use common::receivers::Receiver;
 use common::unwind::{stack_reaches_root, taskprof_offenders, UnwindFixture, UNWIND_STOPPED_PREFIX};
-use common::{scratch_dir, total_count, ProfileView};
+use common::{scratch_dir, total_count, ProfileView, Stack};
 
 const WINDOWS_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[test]
-fn agent_stacks_of_a_program_without_frame_pointers_reach_the_root() {
+/// Runs an agent with `flags` on the qsort fixture (built without frame
+/// pointers) for `windows` windows; checks that every sample is accounted
+/// for and returns the delivered stacks and the metrics scraped at the end.
+fn profile_qsort(flags: &[(&str, &str)], windows: usize) -> (Vec<Stack>, MetricsPage) {
     let fixture = UnwindFixture::QsortGcc.spawn(60.0);
     let receiver = Receiver::accepting();
     let spool = scratch_dir();
     let mut agent = AgentCommand::new("pyroscope", &receiver.url(), spool.path())
         .pid(fixture.pid())
+        .set_all(flags)
         .spawn();
     agent.wait_until_sampling();
-    agent.wait_for_windows(5, WINDOWS_TIMEOUT);
+    agent.wait_for_windows(windows, WINDOWS_TIMEOUT);
     let metrics = agent.scrape();
     let exit = agent.terminate(EXIT_TIMEOUT);
     exit.assert_success();
     receiver.assert_all_valid();
     let ingests = receiver.ingests();
     assert_no_sample_lost(&exit, &ingests, 0);
+    let stacks = ingests
+        .iter()
+        .flat_map(|ingest| ProfileView::new(&ingest.profile).stacks_where(|_| true))
+        .collect();
+    (stacks, metrics)
+}
 
-    let mut stacks = Vec::new();
-    for ingest in &ingests {
-        let view = ProfileView::new(&ingest.profile);
-        stacks.extend(view.stacks_where(|_| true));
-    }
+#[test]
+fn agent_stacks_of_a_program_without_frame_pointers_reach_the_root() {
+    let (stacks, metrics) = profile_qsort(&[], 5);
     let total = total_count(&stacks);
     assert!(total >= 200, "too few samples to judge: {total}");
     let complete: i64 = stacks.iter().filter(|s| stack_reaches_root(s)).map(|s| s.count).sum();
@@ -82,25 +89,7 @@ fn agent_stacks_of_a_program_without_frame_pointers_reach_the_root() {
 
 #[test]
 fn agent_with_unwind_fp_walks_frame_pointers_only() {
-    let fixture = UnwindFixture::QsortGcc.spawn(60.0);
-    let receiver = Receiver::accepting();
-    let spool = scratch_dir();
-    let mut agent = AgentCommand::new("pyroscope", &receiver.url(), spool.path())
-        .pid(fixture.pid())
-        .set("--unwind", "fp")
-        .spawn();
-    agent.wait_until_sampling();
-    agent.wait_for_windows(3, WINDOWS_TIMEOUT);
-    let metrics = agent.scrape();
-    let exit = agent.terminate(EXIT_TIMEOUT);
-    exit.assert_success();
-    let ingests = receiver.ingests();
-    assert_no_sample_lost(&exit, &ingests, 0);
-
-    let mut stacks = Vec::new();
-    for ingest in &ingests {
-        stacks.extend(ProfileView::new(&ingest.profile).stacks_where(|_| true));
-    }
+    let (stacks, metrics) = profile_qsort(&[("--unwind", "fp")], 3);
     let total = total_count(&stacks);
     let complete: i64 = stacks.iter().filter(|s| stack_reaches_root(s)).map(|s| s.count).sum();
     assert!(total > 0);
