@@ -213,6 +213,7 @@ fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, process
         metrics.unwind_tables.set(unwind.loaded_tables() as i64);
         metrics.unwind_table_bytes.set(unwind.used_bytes() as i64);
         raise_to(&metrics.unwind_tables_over_budget, unwind.stats().budget_exhausted);
+        raise_to(&metrics.unwind_mappings_over_limit, unwind.stats().mappings_dropped);
     }
 }
 

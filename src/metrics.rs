@@ -81,6 +81,10 @@ pub struct Metrics {
     /// `taskprof_unwind_tables_over_budget_total`: tables not loaded because
     /// `--unwind-table-memory` was used up.
     pub unwind_tables_over_budget: Counter,
+    /// `taskprof_unwind_mappings_over_limit_total`: executable mappings left
+    /// without unwinding because their process had more than the BPF
+    /// program searches (256).
+    pub unwind_mappings_over_limit: Counter,
 }
 
 /// The `result` label.
@@ -253,6 +257,13 @@ impl Metrics {
                 None,
                 Counter::default(),
             ),
+            unwind_mappings_over_limit: register(
+                &mut r,
+                "taskprof_unwind_mappings_over_limit",
+                "Executable mappings left without unwinding because their process had more than 256",
+                None,
+                Counter::default(),
+            ),
             ready: register(
                 &mut r,
                 "taskprof_ready",
@@ -385,6 +396,7 @@ mod tests {
             "taskprof_unwind_tables 0",
             "taskprof_unwind_table_bytes 0",
             "taskprof_unwind_tables_over_budget_total 0",
+            "taskprof_unwind_mappings_over_limit_total 0",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
