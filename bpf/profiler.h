@@ -193,7 +193,8 @@ struct unwind_process {
 	__u32 incarnation;
 	__u32 count;
 	/* When the program last asked userspace to read the mappings again
-	 * (bpf_ktime_get_ns), to ask at most once a second. */
+	 * (bpf_ktime_get_ns), to ask at most once a second. Userspace sets
+	 * it to the time it writes the entry. */
 	__u64 refresh_requested_ns;
 	struct unwind_mapping mappings[TASKPROF_MAX_UNWIND_MAPPINGS];
 };

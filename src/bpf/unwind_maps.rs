@@ -43,6 +43,14 @@ fn bpf_row(row: &crate::unwind::table::Row, base: u64) -> types::unwind_row {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
 /// The bytes of a plain-old-data value.
 fn as_bytes<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: only used with the skeleton's `repr(C)` integer structs,
@@ -120,6 +128,9 @@ impl UnwindMaps for Sampler {
     fn set_process(&mut self, tgid: u32, incarnation: u32, mappings: &[UnwindMapping]) -> Result<(), String> {
         let mut value = Box::<types::unwind_process>::default();
         value.incarnation = incarnation;
+        // As if the program had just asked: a pc that is still outside every
+        // mapping (a bad frame) asks again only after a second, not at once.
+        value.refresh_requested_ns = monotonic_ns();
         value.count = mappings.len().min(MAX_MAPPINGS) as u32;
         for (slot, mapping) in value.mappings.iter_mut().zip(mappings) {
             let (table_id, row_count) = match mapping.table {
