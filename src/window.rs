@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::bpf::{ProcessEvent, Window};
+use crate::bpf::{ProcessEvent, Truncation, Window};
 use crate::containers::{ContainerLabeler, Verdict};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey, ProcessTable};
@@ -49,6 +49,9 @@ pub struct WindowProcessor {
     /// Processes forgotten since the last events, whose unwind tables are
     /// released with the next events.
     unwind_forgotten: Vec<ProcessKey>,
+    /// Processes sampled without their unwind tables (their announcement
+    /// was dropped), loaded with the next events.
+    unwind_missing: Vec<ProcessKey>,
 }
 
 /// What a window produced besides its batch.
@@ -78,6 +81,7 @@ impl WindowProcessor {
             containers: None,
             unwind: None,
             unwind_forgotten: Vec::new(),
+            unwind_missing: Vec::new(),
         }
     }
 
@@ -142,6 +146,11 @@ impl WindowProcessor {
         if let Some(unwind) = &mut self.unwind {
             for key in self.unwind_forgotten.drain(..) {
                 unwind.process_gone(maps, key);
+            }
+            for key in self.unwind_missing.drain(..) {
+                if !unwind.knows(key) && !self.gone.contains_key(&key) {
+                    unwind.load_process(maps, key, &self.processes);
+                }
             }
             unwind.unload_unused(maps, false);
         }
@@ -231,6 +240,12 @@ impl WindowProcessor {
                 tgid: raw.tgid,
                 incarnation: raw.incarnation,
             };
+            if raw.user.truncation() == Some(Truncation::NotLoaded)
+                && self.unwind.as_ref().is_some_and(|u| !u.knows(key))
+                && !self.unwind_missing.contains(&key)
+            {
+                self.unwind_missing.push(key);
+            }
             self.last_seen.insert(key, self.windows);
             by_process.entry(key).or_default().push(sample);
         }

@@ -213,6 +213,13 @@ impl UnwindManager {
         }
     }
 
+    /// Whether this incarnation's mappings were loaded.
+    pub fn knows(&self, key: ProcessKey) -> bool {
+        self.processes
+            .get(&key.tgid)
+            .is_some_and(|p| p.incarnation == key.incarnation)
+    }
+
     /// Tables being built now.
     pub fn pending_tables(&self) -> usize {
         self.pending.len()
@@ -761,12 +768,15 @@ mod tests {
             table_ids(&maps.processes[&kb.tgid].1)
         );
 
+        assert!(manager.knows(ka) && manager.knows(kb));
+        assert!(!manager.knows(key(ka.tgid, 7)));
         // A stale incarnation's end changes nothing.
         manager.process_gone(&mut maps, key(ka.tgid, 7));
         assert!(maps.processes.contains_key(&ka.tgid));
 
         manager.process_gone(&mut maps, ka);
         assert!(!maps.processes.contains_key(&ka.tgid));
+        assert!(!manager.knows(ka));
         manager.unload_unused(&mut maps, true);
         assert_eq!(maps.tables.len(), loaded, "b still maps every table");
 
