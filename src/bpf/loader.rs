@@ -268,21 +268,11 @@ impl Sampler {
         let load_started = std::time::Instant::now();
         let skel = open.load().map_err(load_error)?;
         libbpf_rs::set_print(None);
-        {
-            use std::os::fd::AsFd;
-            let fd = skel.progs.sample.as_fd().as_raw_fd();
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-            let verified = info
-                .lines()
-                .find_map(|l| l.strip_prefix("verified_insns:"))
-                .map(str::trim)
-                .unwrap_or("?");
-            tracing::debug!(
-                verified_insns = verified,
-                load_ms = load_started.elapsed().as_millis() as u64,
-                "BPF program loaded"
-            );
-        }
+        tracing::debug!(
+            verified_insns = program_info(&skel, "verified_insns:"),
+            load_ms = load_started.elapsed().as_millis() as u64,
+            "BPF program loaded"
+        );
 
         for tgid in &config.tgids {
             skel.maps
@@ -422,15 +412,10 @@ impl Sampler {
     /// nanoseconds and run count. They stay zero unless the sysctl
     /// `kernel.bpf_stats_enabled` is 1.
     pub fn program_run_stats(&self) -> Option<(u64, u64)> {
-        use std::os::fd::AsFd;
-        let fd = self.skel.progs.sample.as_fd().as_raw_fd();
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let field = |name: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        Some((field("run_time_ns:")?, field("run_cnt:")?))
+        Some((
+            program_info(&self.skel, "run_time_ns:")?,
+            program_info(&self.skel, "run_cnt:")?,
+        ))
     }
 
     /// Ends the current window: switches the BPF program to the other
@@ -484,6 +469,17 @@ impl Sampler {
         }
         Ok(Window { samples, stats })
     }
+}
+
+/// A numeric field (`name` with its colon) of the kernel's fdinfo for the
+/// sampling program: run statistics, instructions verified.
+fn program_info(skel: &ProfilerSkel<'static>, name: &str) -> Option<u64> {
+    use std::os::fd::AsFd;
+    let fd = skel.progs.sample.as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// How long to wait after switching generations before reading the old one.
