@@ -453,17 +453,17 @@ static __always_inline long stop_walk(struct unwind_state *walk, __u32 status)
 	return 1;
 }
 
-/* Moves the walk to the caller's registers; a zero return address ends a
- * thread's stack. `adjust` says whether `ip` is a return address. */
+/* Moves the walk to the caller's registers. `adjust` says whether `ip` is
+ * a return address; a zero `ip` ends the walk with `at_zero`. */
 static __always_inline long step_to_caller(struct unwind_state *walk, __u64 ip, __u64 sp,
-					   __u64 bp, __u8 adjust)
+					   __u64 bp, __u8 adjust, __u32 at_zero)
 {
 	walk->ip = ip;
 	walk->sp = sp;
 	walk->bp = bp;
 	walk->adjust = adjust;
 	if (ip == 0)
-		return stop_walk(walk, UNWIND_COMPLETE);
+		return stop_walk(walk, at_zero);
 	return 0;
 }
 
@@ -472,13 +472,13 @@ static __always_inline long frame_pointer_step(struct unwind_state *walk)
 {
 	__u64 frame[2];
 
-	/* _start and thread entry clear rbp: the chain ends here. */
-	if (walk->bp == 0)
-		return stop_walk(walk, UNWIND_COMPLETE);
-	if (walk->bp < walk->sp ||
+	/* A zero rbp or return address ends the chain, but in code built
+	 * without frame pointers rbp is an ordinary register: only the unwind
+	 * tables' root rows vouch for a complete stack. */
+	if (walk->bp == 0 || walk->bp < walk->sp ||
 	    bpf_probe_read_user(frame, sizeof(frame), (const void *)walk->bp))
 		return stop_walk(walk, UNWIND_NO_TABLE);
-	return step_to_caller(walk, frame[1], walk->bp + 16, frame[0], 1);
+	return step_to_caller(walk, frame[1], walk->bp + 16, frame[0], 1, UNWIND_NO_TABLE);
 }
 
 /*
@@ -545,7 +545,7 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 		    read_user_u64(&cfa, walk->sp + 160))
 			return stop_walk(walk, UNWIND_READ_FAILED);
 		/* The interrupted ip is not a return address. */
-		return step_to_caller(walk, ra, cfa, bp, 0);
+		return step_to_caller(walk, ra, cfa, bp, 0, UNWIND_COMPLETE);
 	default:
 		return stop_walk(walk, UNWIND_UNSUPPORTED);
 	}
@@ -569,7 +569,7 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 	 * the registers are not what the row assumes. */
 	if (cfa <= walk->sp || read_user_u64(&ra, cfa - 8))
 		return stop_walk(walk, UNWIND_READ_FAILED);
-	return step_to_caller(walk, ra, cfa, bp, 1);
+	return step_to_caller(walk, ra, cfa, bp, 1, UNWIND_COMPLETE);
 }
 
 static long unwind_step(__u64 index, void *arg)
@@ -630,7 +630,9 @@ __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx,
 	loop.tgid = tgid;
 	loop.gen = gen;
 	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &loop, 0);
-	if (!loop.has_proc || (state->pending && state->status != UNWIND_COMPLETE))
+	/* Through a mapping whose table was not in yet, frame pointers were
+	 * followed: the stack cannot be vouched for. */
+	if (!loop.has_proc || state->pending)
 		state->status = UNWIND_NOT_LOADED;
 	trace->status = state->status;
 	return state->status;

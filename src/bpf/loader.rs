@@ -308,9 +308,18 @@ impl Sampler {
             .map_err(map_error("process_events"))?;
         let ring = builder.build().map_err(map_error("process_events"))?;
 
+        // Exit and exec are tracked from now on, so that tables loaded
+        // before sampling starts are dropped if their process changes.
+        let mut links = Vec::with_capacity(2);
+        for prog in [&skel.progs.process_exit, &skel.progs.process_exec] {
+            links.push(prog.attach().map_err(|source| SamplerError::AttachTracepoint {
+                name: prog.name().to_string_lossy().into_owned(),
+                source,
+            })?);
+        }
         Ok(Sampler {
             skel,
-            links: Vec::new(),
+            links,
             ring,
             announced,
             generation: 0,
@@ -319,19 +328,12 @@ impl Sampler {
         })
     }
 
-    /// Attaches the tracepoints and a cpu-clock perf event on every CPU:
-    /// sampling starts.
+    /// Attaches a cpu-clock perf event on every CPU: sampling starts.
     pub fn attach(&mut self) -> Result<(), SamplerError> {
         let skel = &self.skel;
         let config = &self.config;
         let cpus = self.cpus.clone();
-        let mut links = Vec::with_capacity(cpus.len() + 2);
-        for prog in [&skel.progs.process_exit, &skel.progs.process_exec] {
-            links.push(prog.attach().map_err(|source| SamplerError::AttachTracepoint {
-                name: prog.name().to_string_lossy().into_owned(),
-                source,
-            })?);
-        }
+        let mut links = Vec::with_capacity(cpus.len());
         for cpu in cpus {
             let fd = open_cpu_clock(cpu, config.frequency_hz).map_err(|source| {
                 let hint = perf_event_hint(&source);
@@ -347,7 +349,7 @@ impl Sampler {
             links.push(link);
         }
 
-        self.links = links;
+        self.links.extend(links);
         Ok(())
     }
 

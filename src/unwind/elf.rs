@@ -66,6 +66,16 @@ fn read<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], ElfError> {
         .ok_or(ElfError::Malformed("header beyond the end of the file"))
 }
 
+/// `base + index * size`, the offset of a table entry, if it does not
+/// overflow (and leaves room for the fields read from the entry).
+pub(crate) fn offset_of(base: usize, index: usize, size: usize) -> Result<usize, ElfError> {
+    index
+        .checked_mul(size)
+        .and_then(|o| o.checked_add(base))
+        .filter(|o| o.checked_add(64).is_some())
+        .ok_or(ElfError::Malformed("header offset overflows"))
+}
+
 fn u16_at(data: &[u8], at: usize) -> Result<u16, ElfError> {
     read::<2>(data, at).map(u16::from_le_bytes)
 }
@@ -98,7 +108,7 @@ impl<'a> Elf<'a> {
         let mut segments = Vec::new();
         if phentsize >= 56 {
             for i in 0..phnum {
-                let at = phoff + i * phentsize;
+                let at = offset_of(phoff, i, phentsize)?;
                 if u32_at(data, at)? != PT_LOAD {
                     continue;
                 }
@@ -113,14 +123,14 @@ impl<'a> Elf<'a> {
 
         let mut sections = Vec::new();
         if shentsize >= 64 && shnum > 0 && shstrndx < shnum {
-            let header = |i: usize| shoff + i * shentsize;
-            let strtab_at = u64_at(data, header(shstrndx) + 24)? as usize;
-            let strtab_size = u64_at(data, header(shstrndx) + 32)? as usize;
+            let header = |i: usize| offset_of(shoff, i, shentsize);
+            let strtab_at = u64_at(data, header(shstrndx)? + 24)? as usize;
+            let strtab_size = u64_at(data, header(shstrndx)? + 32)? as usize;
             let strtab = data
                 .get(strtab_at..strtab_at.saturating_add(strtab_size))
                 .ok_or(ElfError::Malformed("section name table beyond the end of the file"))?;
             for i in 0..shnum {
-                let at = header(i);
+                let at = header(i)?;
                 let name_at = u32_at(data, at)? as usize;
                 let kind = u32_at(data, at + 4)?;
                 let flags = u64_at(data, at + 8)?;
@@ -207,6 +217,17 @@ mod tests {
             .find(|s| s.executable)
             .expect("an executable PT_LOAD segment");
         assert!(segment.vaddr <= text.address && text.address < segment.vaddr + segment.file_size);
+    }
+
+    #[test]
+    fn offsets_that_overflow_are_errors_not_panics() {
+        let mut data = std::fs::read(crate::unwind::test_libc()).unwrap();
+        // e_shoff near the top of the address space.
+        data[40..48].copy_from_slice(&(u64::MAX - 30).to_le_bytes());
+        assert!(matches!(Elf::parse(&data), Err(ElfError::Malformed(_))));
+        let mut data = std::fs::read(crate::unwind::test_libc()).unwrap();
+        data[32..40].copy_from_slice(&(u64::MAX - 30).to_le_bytes());
+        assert!(matches!(Elf::parse(&data), Err(ElfError::Malformed(_))));
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::elf::{Elf, ElfError};
+use super::elf::{offset_of, Elf, ElfError};
 use super::table::{build_table, TableError, UnwindTable};
 use crate::process::{FileKey, MappingKind, ProcessInfo, ProcessKey, ProcessTable};
 
@@ -32,6 +32,8 @@ pub const ROW_BYTES: u64 = 12;
 pub const MAX_MAPPINGS: usize = 256;
 /// Tables loaded at once (`TASKPROF_MAX_UNWIND_TABLES`).
 pub const MAX_TABLES: u32 = 8192;
+/// Rows per table the BPF binary search reaches in its 24 steps.
+pub const MAX_ROWS: usize = (1 << 24) - 1;
 /// The incarnation the BPF program accepts for any process: tables loaded
 /// before sampling starts (`--pid`), when the number the program will give
 /// the process is not known yet.
@@ -139,11 +141,16 @@ impl Builder {
                 // Ends when the manager, and so `requests`, is dropped.
                 for (key, source) in inbox {
                     let started = Instant::now();
-                    let built = match source {
-                        Source::File(file) => read_unwind_sections(&file),
-                        Source::Vdso => read_own_vdso(),
-                    }
-                    .and_then(|bytes| build_table(&bytes));
+                    // A file that trips a bug in the parser loses its own
+                    // table, not the builder.
+                    let built = std::panic::catch_unwind(move || {
+                        match source {
+                            Source::File(file) => read_unwind_sections(&file),
+                            Source::Vdso => read_own_vdso(),
+                        }
+                        .and_then(|bytes| build_table(&bytes))
+                    })
+                    .unwrap_or(Err(TableError::NoUnwindInfo));
                     if outbox.send((key, built, started.elapsed())).is_err() {
                         break;
                     }
@@ -183,9 +190,9 @@ pub struct UnwindManager {
     tables: HashMap<TableKey, LoadedTable>,
     /// Files that have no table, so they are not tried again.
     failed: HashMap<TableKey, ()>,
-    /// Tables that did not fit the budget; tried again once memory is
-    /// freed.
-    over_budget: HashMap<TableKey, ()>,
+    /// Tables that did not fit the budget (or that the kernel refused),
+    /// with their size; tried again once that much memory is free.
+    over_budget: HashMap<TableKey, u64>,
     free_ids: Vec<u32>,
     next_id: u32,
     processes: HashMap<u32, LoadedProcess>,
@@ -306,7 +313,9 @@ impl UnwindManager {
             }
         }
         if let Err(err) = maps.set_process(key.tgid, key.incarnation, &entries) {
+            // No stale entry may outlive the tables it names.
             tracing::debug!(tgid = key.tgid, "failed to load the unwind mappings: {err}");
+            maps.remove_process(key.tgid);
         }
         self.stats.processes_loaded += 1;
         let previous = self.processes.insert(
@@ -344,10 +353,21 @@ impl UnwindManager {
     /// mappings of the processes that were waiting for them. Never blocks.
     pub fn poll(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable) {
         let mut finished = Vec::new();
+        let mut gone = false;
         if let Some(builder) = &self.builder {
-            while let Ok(built) = builder.results.try_recv() {
-                finished.push(built);
+            loop {
+                match builder.results.try_recv() {
+                    Ok(built) => finished.push(built),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        gone = true;
+                        break;
+                    }
+                }
             }
+        }
+        if gone {
+            self.builder_lost();
         }
         self.finish(maps, processes, finished);
     }
@@ -357,11 +377,19 @@ impl UnwindManager {
     pub fn wait_for_tables(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable) {
         while !self.pending.is_empty() {
             let Some(built) = self.builder.as_ref().and_then(|b| b.results.recv().ok()) else {
-                self.pending.clear();
+                self.builder_lost();
                 break;
             };
             self.finish(maps, processes, vec![built]);
         }
+    }
+
+    /// The builder thread is gone: what it was building is forgotten, so
+    /// that the next load asks a new builder.
+    fn builder_lost(&mut self) {
+        tracing::warn!("the unwind table builder stopped; starting another");
+        self.builder = None;
+        self.pending.clear();
     }
 
     fn finish(&mut self, maps: &mut dyn UnwindMaps, processes: &ProcessTable, finished: Vec<Built>) {
@@ -426,8 +454,9 @@ impl UnwindManager {
             maps.unload_table(table.id);
             self.used_bytes -= u64::from(table.rows) * ROW_BYTES;
             self.free_ids.push(table.id);
-            // Room was made: tables that did not fit may now.
-            self.over_budget.clear();
+            // Room was made: tables that now fit are tried again.
+            let room = self.budget_bytes.saturating_sub(self.pinned_bytes());
+            self.over_budget.retain(|_, bytes| *bytes > room);
         }
     }
 
@@ -454,6 +483,12 @@ impl UnwindManager {
         };
         self.stats.tables_built += 1;
         self.stats.cfi_bytes += table.cfi_bytes as u64;
+        if table.rows.len() > MAX_ROWS {
+            // The BPF search takes 24 steps: 2^24 - 1 rows at most.
+            self.stats.tables_failed += 1;
+            self.failed.insert(key.clone(), ());
+            return;
+        }
         let bytes = table.rows.len() as u64 * ROW_BYTES;
         let id = if self.make_room(maps, bytes) {
             match self.free_ids.pop() {
@@ -469,13 +504,16 @@ impl UnwindManager {
         };
         let Some(id) = id else {
             self.stats.budget_exhausted += 1;
-            self.over_budget.insert(key.clone(), ());
+            self.over_budget.insert(key.clone(), bytes);
             return;
         };
         if let Err(err) = maps.load_table(id, &table) {
+            // Most likely the memory cgroup's limit: tried again, like a
+            // table over budget, once memory is freed.
             tracing::debug!("failed to load an unwind table: {err}");
             self.stats.load_errors += 1;
             self.free_ids.push(id);
+            self.over_budget.insert(key.clone(), bytes);
             return;
         }
         self.used_bytes += bytes;
@@ -492,8 +530,21 @@ impl UnwindManager {
         );
     }
 
-    /// Frees unused tables, oldest first, until `bytes` more fit.
+    /// Bytes of tables some process maps: what unloading cannot free.
+    fn pinned_bytes(&self) -> u64 {
+        self.tables
+            .values()
+            .filter(|t| t.users > 0)
+            .map(|t| u64::from(t.rows) * ROW_BYTES)
+            .sum()
+    }
+
+    /// Frees unused tables, oldest first, until `bytes` more fit; frees
+    /// nothing if they cannot fit.
     fn make_room(&mut self, maps: &mut dyn UnwindMaps, bytes: u64) -> bool {
+        if self.pinned_bytes() + bytes > self.budget_bytes {
+            return false;
+        }
         while self.used_bytes + bytes > self.budget_bytes {
             let oldest = self
                 .tables
@@ -528,11 +579,9 @@ fn mappings_in_order(info: &ProcessInfo) -> Vec<&crate::process::Mapping> {
 /// virtual addresses.
 fn mapping_bias(table: &LoadedTable, mapping: &crate::process::Mapping) -> Option<u64> {
     // A segment's file offset need not be page aligned; its mapping's is.
-    let segment = table
-        .segments
-        .iter()
-        .filter(|s| s.executable)
-        .find(|s| s.offset & !0xfff <= mapping.offset && mapping.offset < s.offset + s.file_size.max(1))?;
+    let segment = table.segments.iter().filter(|s| s.executable).find(|s| {
+        s.offset & !0xfff <= mapping.offset && mapping.offset < s.offset.saturating_add(s.file_size.max(1))
+    })?;
     // vaddr = address - start + offset - segment.offset + segment.vaddr
     let bias = mapping
         .start
@@ -552,12 +601,20 @@ pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
     read_unwind_sections(&file)
 }
 
+/// Files larger than this are not read for unwind tables (no real
+/// binary comes close; a sparse file could claim terabytes).
+const MAX_FILE_BYTES: u64 = 4 << 30;
+
 /// [`read_unwind_file`] on an open file.
 fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
-    let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len() as usize;
+    let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len();
     if len < 64 {
         return Err(ElfError::NotElf64.into());
     }
+    if len > MAX_FILE_BYTES {
+        return Err(ElfError::Malformed("file too large").into());
+    }
+    let len = len as usize;
     let mut buffer = vec![0u8; len];
     let read_range = |buffer: &mut Vec<u8>, start: usize, end: usize| -> Result<(), TableError> {
         let end = end.min(len);
@@ -568,25 +625,27 @@ fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
         Ok(())
     };
     read_range(&mut buffer, 0, 64)?;
-    let word = |b: &[u8], at: usize, n: usize| -> usize {
+    let word = |b: &[u8], at: usize, n: usize| -> Result<usize, ElfError> {
+        let bytes = at
+            .checked_add(n)
+            .and_then(|end| b.get(at..end))
+            .ok_or(ElfError::Malformed("header beyond the end of the file"))?;
         let mut v = [0u8; 8];
-        v[..n].copy_from_slice(&b[at..at + n]);
-        u64::from_le_bytes(v) as usize
+        v[..n].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(v) as usize)
     };
     if buffer[..4] != *b"\x7fELF" || buffer[4] != 2 || buffer[5] != 1 {
         return Err(ElfError::NotElf64.into());
     }
-    let (phoff, phentsize, phnum) = (word(&buffer, 32, 8), word(&buffer, 54, 2), word(&buffer, 56, 2));
-    let (shoff, shentsize, shnum) = (word(&buffer, 40, 8), word(&buffer, 58, 2), word(&buffer, 60, 2));
-    read_range(&mut buffer, phoff, phoff.saturating_add(phentsize * phnum))?;
-    read_range(&mut buffer, shoff, shoff.saturating_add(shentsize * shnum))?;
-    let shstrndx = word(&buffer, 62, 2);
+    let (phoff, phentsize, phnum) = (word(&buffer, 32, 8)?, word(&buffer, 54, 2)?, word(&buffer, 56, 2)?);
+    let (shoff, shentsize, shnum) = (word(&buffer, 40, 8)?, word(&buffer, 58, 2)?, word(&buffer, 60, 2)?);
+    read_range(&mut buffer, phoff, offset_of(phoff, phnum, phentsize)?)?;
+    read_range(&mut buffer, shoff, offset_of(shoff, shnum, shentsize)?)?;
+    let shstrndx = word(&buffer, 62, 2)?;
     if shentsize >= 64 && shstrndx < shnum {
-        let at = shoff + shstrndx * shentsize;
-        if at + 40 <= len {
-            let (offset, size) = (word(&buffer, at + 24, 8), word(&buffer, at + 32, 8));
-            read_range(&mut buffer, offset, offset.saturating_add(size))?;
-        }
+        let at = offset_of(shoff, shstrndx, shentsize)?;
+        let (offset, size) = (word(&buffer, at + 24, 8)?, word(&buffer, at + 32, 8)?);
+        read_range(&mut buffer, offset, offset.saturating_add(size))?;
     }
     let wanted: Vec<std::ops::Range<usize>> = Elf::parse(&buffer)?
         .sections
@@ -630,10 +689,15 @@ mod tests {
         tables: BTreeMap<u32, usize>,
         processes: BTreeMap<u32, (u32, Vec<UnwindMapping>)>,
         loads: usize,
+        /// Refuse every table, as a full memory cgroup would.
+        refuse_tables: bool,
     }
 
     impl UnwindMaps for FakeMaps {
         fn load_table(&mut self, id: u32, table: &UnwindTable) -> Result<(), String> {
+            if self.refuse_tables {
+                return Err("Cannot allocate memory".into());
+            }
             assert!(
                 self.tables.insert(id, table.rows.len()).is_none(),
                 "table id {id} reused while loaded"
@@ -803,6 +867,30 @@ mod tests {
         let mappings = &maps.processes[&tgid].1;
         assert!(mappings.iter().any(|m| m.table == TableRef::None));
         assert!(mappings.iter().any(|m| matches!(m.table, TableRef::Loaded(..))));
+    }
+
+    #[test]
+    fn tables_the_kernel_refuses_are_counted_and_not_rebuilt_in_a_loop() {
+        let child = sleeper();
+        let tgid = child.0.id();
+        let mut processes = ProcessTable::new();
+        processes.observe(key(tgid, 1));
+        let mut maps = FakeMaps {
+            refuse_tables: true,
+            ..FakeMaps::default()
+        };
+        let mut manager = UnwindManager::new(64 << 20);
+        // Returns: the refused tables are not requested again and again.
+        load(&mut manager, &mut maps, key(tgid, 1), &processes);
+        let built = manager.stats().tables_built;
+        assert!(manager.stats().load_errors >= 4, "{:?}", manager.stats());
+        assert!(maps.processes[&tgid].1.iter().all(|m| m.table == TableRef::None));
+        load(&mut manager, &mut maps, key(tgid, 1), &processes);
+        assert_eq!(
+            manager.stats().tables_built,
+            built,
+            "not rebuilt while nothing was freed"
+        );
     }
 
     #[test]

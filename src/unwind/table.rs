@@ -266,7 +266,7 @@ where
                 Err(_) => {
                     // Keep the rows decoded so far; the rest of the range
                     // is not understood.
-                    let address = rows.last().map(|r: &Row| r.address + 1).unwrap_or(start);
+                    let address = rows.last().map(|r: &Row| r.address.saturating_add(1)).unwrap_or(start);
                     rows.push(Row {
                         address,
                         cfa: CfaRule::Unsupported,
