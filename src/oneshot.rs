@@ -14,7 +14,7 @@ use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, P
 use crate::process::{ProcessKey, ProcessTable};
 use crate::profile::symbolize_samples;
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps, PRELOADED_INCARNATION};
+use crate::unwind::manager::{UnwindManager, UnwindMaps};
 
 /// What a finished profile contains.
 #[derive(Debug, Clone)]
@@ -49,15 +49,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     // The processes named by --pid get their unwind tables before the
     // first sample, so none of their stacks is cut short while loading.
     if let Some(unwind) = unwind.as_mut() {
-        for &tgid in &config.pids {
-            let key = ProcessKey {
-                tgid,
-                incarnation: PRELOADED_INCARNATION,
-            };
-            processes.observe(key);
-            unwind.load_process(&mut sampler, key, &processes);
-        }
-        unwind.wait_for_tables(&mut sampler, &processes);
+        unwind.preload(&mut sampler, &config.pids, &mut processes);
     }
     sampler.attach()?;
     let started_at = SystemTime::now();
@@ -212,11 +204,7 @@ fn observe(
                 unwind.load_process(maps, ProcessKey { tgid, incarnation }, processes);
             }
             ProcessEvent::MappingsChanged { tgid, incarnation } => {
-                let key = ProcessKey { tgid, incarnation };
-                if processes.get(key).is_some() {
-                    processes.refresh(key);
-                    unwind.load_process(maps, key, processes);
-                }
+                unwind.mappings_changed(maps, ProcessKey { tgid, incarnation }, processes);
             }
             ProcessEvent::Gone { tgid, incarnation } => {
                 unwind.process_gone(maps, ProcessKey { tgid, incarnation });

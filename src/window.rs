@@ -15,7 +15,7 @@ use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey, ProcessTable};
 use crate::profile::{symbolize_samples, Sample};
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps, PRELOADED_INCARNATION};
+use crate::unwind::manager::{UnwindManager, UnwindMaps};
 use crate::upload::{Batch, SeriesProfile};
 
 /// Labels every series of this agent carries.
@@ -97,21 +97,9 @@ impl WindowProcessor {
         let Some(unwind) = &mut self.unwind else {
             return;
         };
-        let keys: Vec<ProcessKey> = tgids
-            .iter()
-            .map(|&tgid| ProcessKey {
-                tgid,
-                incarnation: PRELOADED_INCARNATION,
-            })
-            .collect();
-        for &key in &keys {
-            self.processes.observe(key);
-            unwind.load_process(maps, key, &self.processes);
-        }
-        unwind.wait_for_tables(maps, &self.processes);
         // Samples carry the BPF program's own incarnation numbers: the
         // process is captured again under its number when first sampled.
-        for key in keys {
+        for key in unwind.preload(maps, tgids, &mut self.processes) {
             self.processes.forget(key);
         }
     }
@@ -169,13 +157,8 @@ impl WindowProcessor {
                     }
                 }
                 ProcessEvent::MappingsChanged { tgid, incarnation } => {
-                    let key = ProcessKey { tgid, incarnation };
-                    if self.processes.get(key).is_none() {
-                        continue;
-                    }
-                    self.processes.refresh(key);
                     if let Some(unwind) = &mut self.unwind {
-                        unwind.load_process(maps, key, &self.processes);
+                        unwind.mappings_changed(maps, ProcessKey { tgid, incarnation }, &mut self.processes);
                     }
                 }
                 ProcessEvent::Gone { tgid, incarnation } => {

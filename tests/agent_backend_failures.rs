@@ -8,8 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::agent_run::{
-    assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, spool_files, wait_until,
-    AgentCommand, AgentExit, RunningAgent,
+    assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, spool_files, start_on_pid,
+    wait_until, AgentCommand, AgentExit, RunningAgent,
 };
 use common::receivers::{replies, Ingest, Receiver, Reply};
 use common::{scratch_dir, Fixture, FixtureProgram};
@@ -22,11 +22,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 fn start(receiver: &Receiver, flags: &[(&str, &str)]) -> (Fixture, tempfile::TempDir, RunningAgent) {
     let fixture = Fixture::spawn(FixtureProgram::Chain, 90.0);
     let spool = scratch_dir();
-    let mut agent = AgentCommand::new("pyroscope", &receiver.url(), spool.path())
-        .pid(fixture.pid())
-        .set_all(flags)
-        .spawn();
-    agent.wait_until_sampling();
+    let agent = start_on_pid("pyroscope", &receiver.url(), spool.path(), fixture.pid(), flags);
     (fixture, spool, agent)
 }
 

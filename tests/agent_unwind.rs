@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent_run::{assert_no_sample_lost, AgentCommand, MetricsPage};
+use common::agent_run::{assert_no_sample_lost, start_on_pid, MetricsPage};
 use common::receivers::Receiver;
 use common::unwind::{stack_reaches_root, taskprof_offenders, UnwindFixture, UNWIND_STOPPED_PREFIX};
 use common::{scratch_dir, total_count, ProfileView, Stack};
@@ -22,11 +22,7 @@ fn profile_qsort(flags: &[(&str, &str)], windows: usize) -> (Vec<Stack>, Metrics
     let fixture = UnwindFixture::QsortGcc.spawn(60.0);
     let receiver = Receiver::accepting();
     let spool = scratch_dir();
-    let mut agent = AgentCommand::new("pyroscope", &receiver.url(), spool.path())
-        .pid(fixture.pid())
-        .set_all(flags)
-        .spawn();
-    agent.wait_until_sampling();
+    let mut agent = start_on_pid("pyroscope", &receiver.url(), spool.path(), fixture.pid(), flags);
     agent.wait_for_windows(windows, WINDOWS_TIMEOUT);
     let metrics = agent.scrape();
     let exit = agent.terminate(EXIT_TIMEOUT);

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::agent_run::{
-    assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, http_get, AgentCommand,
-    AgentExit, MetricsPage, TEST_NODE,
+    assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, http_get, start_on_pid,
+    AgentCommand, AgentExit, MetricsPage, TEST_NODE,
 };
 use common::receivers::{replies, Api, Ingest, Receiver, Reply};
 use common::{read_pprof, scratch_dir, Fixture, FixtureProgram, ProfileView};
@@ -44,11 +44,7 @@ fn assert_has_hot_stack(profile: &Profile, context: &str) {
 fn run_on_fixture(protocol: &str, receiver: &Receiver, flags: &[(&str, &str)], windows: usize) -> (Fixture, AgentExit) {
     let fixture = Fixture::spawn(FixtureProgram::Chain, 60.0);
     let spool = scratch_dir();
-    let mut agent = AgentCommand::new(protocol, &receiver.url(), spool.path())
-        .pid(fixture.pid())
-        .set_all(flags)
-        .spawn();
-    agent.wait_until_sampling();
+    let mut agent = start_on_pid(protocol, &receiver.url(), spool.path(), fixture.pid(), flags);
     agent.wait_for_windows(windows, WINDOWS_TIMEOUT);
     let exit = agent.terminate(EXIT_TIMEOUT);
     exit.assert_success();

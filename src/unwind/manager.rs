@@ -331,6 +331,40 @@ impl UnwindManager {
         }
     }
 
+    /// The process sampled code outside every mapping loaded for it (it
+    /// mapped more since): reads its mappings again and reloads it.
+    pub fn mappings_changed(&mut self, maps: &mut dyn UnwindMaps, key: ProcessKey, processes: &mut ProcessTable) {
+        if processes.get(key).is_none() {
+            return;
+        }
+        processes.refresh(key);
+        self.load_process(maps, key, processes);
+    }
+
+    /// Captures `tgids` and loads their tables before sampling starts, under
+    /// [`PRELOADED_INCARNATION`], waiting for every table. Returns the keys
+    /// captured in `processes`.
+    pub fn preload(
+        &mut self,
+        maps: &mut dyn UnwindMaps,
+        tgids: &[u32],
+        processes: &mut ProcessTable,
+    ) -> Vec<ProcessKey> {
+        let keys: Vec<ProcessKey> = tgids
+            .iter()
+            .map(|&tgid| ProcessKey {
+                tgid,
+                incarnation: PRELOADED_INCARNATION,
+            })
+            .collect();
+        for &key in &keys {
+            processes.observe(key);
+            self.load_process(maps, key, processes);
+        }
+        self.wait_for_tables(maps, processes);
+        keys
+    }
+
     /// Asks the builder for a table, unless it is being built already.
     fn request(&mut self, key: TableKey, source: Source) -> bool {
         if self.pending.contains_key(&key) {
@@ -748,6 +782,18 @@ mod tests {
         assert_eq!(manager.pending_tables(), 0);
     }
 
+    /// `n` running sleepers, captured as incarnation 1 in a process table;
+    /// they are killed when the returned children drop.
+    fn captured_sleepers(n: usize) -> (Vec<Child>, Vec<ProcessKey>, ProcessTable) {
+        let children: Vec<Child> = (0..n).map(|_| sleeper()).collect();
+        let keys: Vec<ProcessKey> = children.iter().map(|c| key(c.0.id(), 1)).collect();
+        let mut processes = ProcessTable::new();
+        for &key in &keys {
+            processes.observe(key);
+        }
+        (children, keys, processes)
+    }
+
     fn key(tgid: u32, incarnation: u32) -> ProcessKey {
         ProcessKey { tgid, incarnation }
     }
@@ -764,10 +810,8 @@ mod tests {
 
     #[test]
     fn a_process_gets_sorted_mappings_with_tables_for_its_files() {
-        let child = sleeper();
-        let tgid = child.0.id();
-        let mut processes = ProcessTable::new();
-        processes.observe(key(tgid, 1));
+        let (_sleepers, keys, processes) = captured_sleepers(1);
+        let tgid = keys[0].tgid;
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
         load(&mut manager, &mut maps, key(tgid, 1), &processes);
 
@@ -790,10 +834,8 @@ mod tests {
 
     #[test]
     fn mappings_are_pending_until_their_tables_are_built() {
-        let child = sleeper();
-        let tgid = child.0.id();
-        let mut processes = ProcessTable::new();
-        processes.observe(key(tgid, 1));
+        let (_sleepers, keys, processes) = captured_sleepers(1);
+        let tgid = keys[0].tgid;
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
         manager.load_process(&mut maps, key(tgid, 1), &processes);
         let first = maps.processes[&tgid].1.clone();
@@ -816,11 +858,8 @@ mod tests {
 
     #[test]
     fn tables_are_shared_and_unloaded_only_when_unused() {
-        let (a, b) = (sleeper(), sleeper());
-        let mut processes = ProcessTable::new();
-        let (ka, kb) = (key(a.0.id(), 1), key(b.0.id(), 1));
-        processes.observe(ka);
-        processes.observe(kb);
+        let (_sleepers, keys, processes) = captured_sleepers(2);
+        let (ka, kb) = (keys[0], keys[1]);
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 20));
         load(&mut manager, &mut maps, ka, &processes);
         let loaded = maps.loads;
@@ -855,10 +894,8 @@ mod tests {
 
     #[test]
     fn running_out_of_budget_is_counted_and_leaves_mappings_without_tables() {
-        let child = sleeper();
-        let tgid = child.0.id();
-        let mut processes = ProcessTable::new();
-        processes.observe(key(tgid, 1));
+        let (_sleepers, keys, processes) = captured_sleepers(1);
+        let tgid = keys[0].tgid;
         // Room for the small tables (vDSO, sleep) but not libc's.
         let (mut maps, mut manager) = (FakeMaps::default(), UnwindManager::new(64 << 10));
         load(&mut manager, &mut maps, key(tgid, 1), &processes);
@@ -871,10 +908,8 @@ mod tests {
 
     #[test]
     fn tables_the_kernel_refuses_are_counted_and_not_rebuilt_in_a_loop() {
-        let child = sleeper();
-        let tgid = child.0.id();
-        let mut processes = ProcessTable::new();
-        processes.observe(key(tgid, 1));
+        let (_sleepers, keys, processes) = captured_sleepers(1);
+        let tgid = keys[0].tgid;
         let mut maps = FakeMaps {
             refuse_tables: true,
             ..FakeMaps::default()
@@ -895,11 +930,8 @@ mod tests {
 
     #[test]
     fn unused_tables_make_room_for_new_ones() {
-        let (a, b) = (sleeper(), sleeper());
-        let mut processes = ProcessTable::new();
-        let (ka, kb) = (key(a.0.id(), 1), key(b.0.id(), 1));
-        processes.observe(ka);
-        processes.observe(kb);
+        let (_sleepers, keys, processes) = captured_sleepers(2);
+        let (ka, kb) = (keys[0], keys[1]);
         let mut maps = FakeMaps::default();
         let mut probe = UnwindManager::new(64 << 20);
         load(&mut probe, &mut maps, ka, &processes);

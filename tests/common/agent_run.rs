@@ -170,6 +170,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Starts [`AgentCommand::new`] with `flags` on top, sampling only `pid`,
+/// and returns it once it samples.
+pub fn start_on_pid(protocol: &str, url: &str, spool: &Path, pid: u32, flags: &[(&str, &str)]) -> RunningAgent {
+    let mut agent = AgentCommand::new(protocol, url, spool).pid(pid).set_all(flags).spawn();
+    agent.wait_until_sampling();
+    agent
+}
+
 /// An agent in flight. Dropping it kills and reaps the process.
 pub struct RunningAgent {
     child: Child,
