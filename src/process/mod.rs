@@ -330,14 +330,16 @@ impl ProcessTable {
     }
 
     /// Opens the file behind a mapping: through map_files first (works for
-    /// deleted files and other mount namespaces), else through the
-    /// process's root.
-    fn open_object(&self, tgid: u32, entry: &MapsEntry, path: &std::path::Path) -> Option<ObjectFile> {
+    /// deleted files and other mount namespaces, but needs
+    /// CAP_CHECKPOINT_RESTORE), else through the process's root.
+    fn open_object(&self, tgid: u32, entry: &MapsEntry, path: &Path) -> Option<ObjectFile> {
         let dir = self.proc_root.join(tgid.to_string());
         let by_range = dir.join(format!("map_files/{:x}-{:x}", entry.start, entry.end));
-        let relative = path.strip_prefix("/").unwrap_or(path);
         let file = File::open(&by_range)
-            .or_else(|_| File::open(dir.join("root").join(relative)))
+            .or_else(|_| {
+                let root_link = std::fs::read_link(dir.join("root")).unwrap_or_default();
+                File::open(dir.join("root").join(path_in_root(&root_link, path)))
+            })
             .ok()?;
         let handle = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let build_id = blazesym::helper::read_elf_build_id(&handle)
@@ -350,6 +352,28 @@ impl ProcessTable {
             build_id,
         })
     }
+}
+
+/// Where a mapped file's path, as `/proc/PID/maps` shows it, lies under the
+/// process's root (`/proc/PID/root`).
+///
+/// The kernel prints both the mapped path and the `/proc/PID/root` link
+/// relative to the *reader's* root. Where the reader can reach the target's
+/// files from its own root (one mount namespace), the mapped path is already
+/// relative to the target's root, or the root link is a prefix of it. Where
+/// it cannot (the reader in another mount namespace, as the agent is in its
+/// own container, or a reader confined by `unshare --mount` inside a
+/// chroot), both are printed from the top of the target's mount tree: the
+/// root link then reads e.g. `/srv/chroot`, the mapped path
+/// `/srv/chroot/usr/bin/app`, and only `usr/bin/app` exists under
+/// `/proc/PID/root`. So the root link's text is taken off the front of the
+/// path, component by component, when it is there.
+pub fn path_in_root(root_link: &Path, mapped: &Path) -> PathBuf {
+    let under = match mapped.strip_prefix(root_link) {
+        Ok(rest) if root_link != Path::new("/") && !root_link.as_os_str().is_empty() => rest,
+        _ => mapped,
+    };
+    under.strip_prefix("/").unwrap_or(under).to_path_buf()
 }
 
 /// The start time (field 22) from `/proc/PID/stat`. The comm field may hold
@@ -379,6 +403,26 @@ fn raise_fd_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_paths_are_taken_relative_to_the_process_root() {
+        let cases = [
+            ("/", "/usr/bin/app", "usr/bin/app"),
+            ("", "/usr/bin/app", "usr/bin/app"),
+            ("/srv/chroot", "/srv/chroot/usr/bin/app", "usr/bin/app"),
+            // A root that is only a string prefix of a component is not stripped.
+            ("/srv/ch", "/srv/chroot/usr/bin/app", "srv/chroot/usr/bin/app"),
+            // A path outside the root's text stays whole.
+            ("/srv/chroot", "/usr/lib/libc.so.6", "usr/lib/libc.so.6"),
+        ];
+        for (root, mapped, want) in cases {
+            assert_eq!(
+                path_in_root(Path::new(root), Path::new(mapped)),
+                PathBuf::from(want),
+                "root {root:?}, mapped {mapped:?}"
+            );
+        }
+    }
 
     #[test]
     fn start_time_survives_comm_with_spaces_and_parens() {
