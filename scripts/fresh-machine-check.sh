@@ -12,6 +12,11 @@
 # - The committed tree (HEAD, not the working tree) is cloned into it.
 # - Only the Rust toolchain comes from this machine: ~/.rustup and
 #   ~/.cargo/bin are bind-mounted read-only. Crates are downloaded inside.
+# - This machine's network settings are carried in, as a user's machine has
+#   its own: DNS (/etc/resolv.conf), the CA bundle (/etc/ssl/certs/
+#   ca-certificates.crt, where a proxy re-signs TLS), /etc/pip.conf, and the
+#   proxy and CA-bundle variables (*_proxy, SSL_CERT_FILE, CURL_CA_BUNDLE,
+#   PIP_CERT, ...). Nothing else from the host is.
 # - The root is bind-mounted onto itself, as a machine's / is a mount
 #   point, so that `unshare --mount` and remounting / read-only work inside.
 #
@@ -88,6 +93,15 @@ bind() { # bind SOURCE TARGET [ro]
 
 tar -C "$root" -xf "$base"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
+    mkdir -p "$root/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+fi
+[[ -f /etc/pip.conf ]] && cp /etc/pip.conf "$root/etc/pip.conf"
+network_env=()
+while IFS= read -r name; do
+    network_env+=("$name=${!name}")
+done < <(compgen -e | grep -E '^([a-zA-Z]+_proxy|[A-Z_]*_PROXY|SSL_CERT_FILE|SSL_CERT_DIR|CURL_CA_BUNDLE|PIP_CERT|REQUESTS_CA_BUNDLE|GIT_SSL_CAINFO|CARGO_HTTP_CAINFO)$' || true)
 bind "$root" "$root"
 mkdir -p "$root/proc" "$root/sys" "$root/dev"
 mount -t proc proc "$root/proc" && mounts+=("$root/proc")
@@ -108,7 +122,7 @@ run() { # run NAME COMMAND: runs COMMAND in the checkout inside the root
     local name=$1 command=$2 start rc
     start=$(date +%s)
     set +e
-    chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    chroot "$root" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 "${network_env[@]}" \
         PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         /bin/bash -c "cd /root/taskprof && $command" >"$cache/$name.log" 2>&1
     rc=$?
