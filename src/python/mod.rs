@@ -8,5 +8,6 @@
 //! knowledge and the per-process detection that the loader and the namer
 //! build on.
 
+pub mod detect;
 pub mod linetable;
 pub mod offsets;
