@@ -2,7 +2,11 @@
 //! interpreters on this machine: for each, a C program compiled with gcc
 //! against that build's own headers (internal ones included, with
 //! `Py_BUILD_CORE`) prints `offsetof()` of every field the table has, and
-//! each must match.
+//! each must match. Then, as a check of what the offsets mean and not only
+//! where they are, each interpreter runs a script that follows them
+//! through its own memory from `_PyRuntime`, as the BPF walker does, and
+//! the names, files and lines read there (decoded by taskprof's line-table
+//! and str readers) must be those CPython reports for the same frames.
 //!
 //! Debian's `/usr/bin/python3` always runs: its headers come from
 //! `python3-dev` (`scripts/install-deps.sh --test`). The pyenv builds under
@@ -13,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use taskprof::python::offsets::{offsets_for, InstructionEncoding, PythonOffsets, UnicodeOffsets};
+use taskprof::python::offsets::{offsets_for, FrameLayout, InstructionEncoding, PythonOffsets, UnicodeOffsets};
 
 /// Prints `name value` lines: the offsets of one build, from its headers.
 const PROBE: &str = r#"
@@ -226,6 +230,7 @@ fn check(python: &Path) {
         version.1,
         from_table.len()
     );
+    check_walk(python);
 }
 
 #[test]
@@ -260,4 +265,226 @@ fn each_pyenv_build_matches_the_table() {
             check(&python);
         }
     }
+}
+
+/// Walks its own thread's frames from `_PyRuntime` as the BPF walker
+/// does, with only the offsets given in argv[1], and prints for each frame
+/// what the namer would read: the code object's address, the raw
+/// instruction field, the entry flag or owner, and the raw bytes of its
+/// name, qualified name, file name and line table; with each, the line
+/// CPython itself gives the frame. Every read is of memory, through
+/// ctypes; the objects are used only to know how many bytes to dump.
+const WALKER: &str = r#"
+import ctypes, sys, types
+
+off = dict((k, None if v == "-" else int(v)) for k, v in (a.split("=") for a in sys.argv[1].split(",")))
+api = ctypes.pythonapi
+api.PyThreadState_Get.restype = ctypes.c_void_p
+libc = ctypes.CDLL(None)
+libc.pthread_getspecific.restype = ctypes.c_void_p
+libc.pthread_getspecific.argtypes = [ctypes.c_uint]
+
+def ptr(a): return ctypes.c_void_p.from_address(a).value or 0
+def dump(address, obj): return ctypes.string_at(address, sys.getsizeof(obj)).hex() if address else "-"
+
+def walk():
+    known = {}
+    f = sys._getframe()
+    while f is not None:
+        known[id(f.f_code)] = (f.f_code, f.f_lineno)
+        f = f.f_back
+    runtime = ctypes.addressof(ctypes.c_char.in_dll(api, "_PyRuntime"))
+    key = ctypes.c_uint.from_address(runtime + off["tss_key"]).value
+    tstate = libc.pthread_getspecific(key)
+    print("tstate %d" % (tstate == api.PyThreadState_Get()))
+    # Read here, not in ptr(), whose own frame would be the current one.
+    frame = ctypes.c_void_p.from_address(tstate + off["tstate_frame"]).value
+    if off["cframe_current_frame"] is not None:
+        frame = ctypes.c_void_p.from_address(frame + off["cframe_current_frame"]).value
+    while frame:
+        entry = -1 if off["entry"] is None else ctypes.c_uint8.from_address(frame + off["entry"]).value
+        if off["owned_by_cstack"] is not None and entry == off["owned_by_cstack"]:
+            print("shim")
+            frame = ptr(frame + off["back"])
+            continue
+        code_address = ptr(frame + off["code"])
+        if off["pointer_instr"]:
+            instr = ptr(frame + off["instr"])
+        else:
+            instr = ctypes.c_uint32.from_address(frame + off["instr"]).value
+        code, line = known[code_address]
+        is_code = ptr(code_address + off["ob_type"]) == id(types.CodeType)
+        table = code.co_linetable if off["lnotab"] == 0 else code.co_lnotab
+        qualname = getattr(code, "co_qualname", None)
+        firstlineno = ctypes.c_int.from_address(code_address + off["firstlineno"]).value
+        print("frame %d %d %d %d %d %s %s %s %s %d" % (
+            code_address, instr, entry, line, is_code,
+            dump(ptr(code_address + off["name"]), code.co_name),
+            "-" if off["qualname"] is None else dump(ptr(code_address + off["qualname"]), qualname),
+            dump(ptr(code_address + off["filename"]), code.co_filename),
+            dump(ptr(code_address + off["linetable"]), table), firstlineno))
+        frame = ptr(frame + off["back"])
+
+def leaf():
+    walk()
+
+def middle():
+    leaf()
+
+def outer():
+    middle()
+
+outer()
+"#;
+
+/// Each frame of [`WALKER`]'s chain, outermost last, with the line at
+/// which it calls the next.
+fn walker_call_lines() -> Vec<(&'static str, u32)> {
+    let line_of = |text: &str| WALKER.lines().position(|l| l == text).unwrap() as u32 + 1;
+    vec![
+        ("leaf", line_of("    walk()")),
+        ("middle", line_of("    leaf()")),
+        ("outer", line_of("    middle()")),
+        ("<module>", line_of("outer()")),
+    ]
+}
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// A str object's characters, read as the namer reads them.
+fn read_str(o: &PythonOffsets, object: &[u8]) -> String {
+    let word = |at: u16, n: usize| {
+        let mut bytes = [0u8; 8];
+        bytes[..n].copy_from_slice(&object[at as usize..at as usize + n]);
+        u64::from_le_bytes(bytes)
+    };
+    let length = word(o.unicode.length, 8) as usize;
+    let layout = o
+        .unicode
+        .layout(word(o.unicode.state, 4) as u32)
+        .expect("a compact str");
+    let data = &object[layout.data as usize..layout.data as usize + length * layout.char_size as usize];
+    taskprof::python::offsets::decode_str(layout.char_size, data).unwrap()
+}
+
+/// A bytes object's contents.
+fn read_bytes(o: &PythonOffsets, object: &[u8]) -> Vec<u8> {
+    let size = u64::from_le_bytes(object[o.bytes.size as usize..][..8].try_into().unwrap()) as usize;
+    object[o.bytes.data as usize..][..size].to_vec()
+}
+
+/// Runs [`WALKER`] under `python` with the table's offsets, and checks
+/// that the walk finds the thread state, the chain of frames in order
+/// (with the entry markers where the layout puts them), and that the
+/// names, file and line read from memory are those CPython reports.
+fn check_walk(python: &Path) {
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("walker.py");
+    std::fs::write(&script, WALKER).unwrap();
+    let version = Command::new(python)
+        .args(["-c", "import sys; print('%d %d' % sys.version_info[:2])"])
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let (major, minor) = version.trim().split_once(' ').unwrap();
+    let o = offsets_for(major.parse().unwrap(), minor.parse().unwrap()).unwrap();
+    let opt = |v: Option<u16>| v.map_or("-".to_string(), |v| v.to_string());
+    let args = [
+        ("tss_key", o.runtime.tss_key.to_string()),
+        ("tstate_frame", o.thread_state.frame.to_string()),
+        ("cframe_current_frame", opt(o.thread_state.cframe_current_frame)),
+        ("back", o.frame.back.to_string()),
+        ("code", o.frame.code.to_string()),
+        ("instr", o.frame.instr.to_string()),
+        ("entry", opt(o.frame.entry)),
+        ("owned_by_cstack", opt(o.frame.owned_by_cstack.map(u16::from))),
+        (
+            "pointer_instr",
+            u8::from(matches!(
+                o.frame.instr_encoding,
+                InstructionEncoding::CodeUnitPointer { .. }
+            ))
+            .to_string(),
+        ),
+        ("ob_type", o.object_type.to_string()),
+        ("name", o.code.name.to_string()),
+        ("qualname", opt(o.code.qualname)),
+        ("filename", o.code.filename.to_string()),
+        ("linetable", o.code.linetable.to_string()),
+        ("firstlineno", o.code.firstlineno.to_string()),
+        (
+            "lnotab",
+            u8::from(o.code.linetable_format == taskprof::python::offsets::LineTableFormat::Lnotab).to_string(),
+        ),
+    ]
+    .map(|(k, v)| format!("{k}={v}"))
+    .join(",");
+    let output = Command::new(python).arg(&script).arg(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}: the walker failed:\n{stdout}\n{}",
+        python.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some("tstate 1"),
+        "{}: the TSS key's thread state",
+        python.display()
+    );
+
+    // (name, line from the table, line from CPython, entry flag) per frame;
+    // "shim" for a C-stack frame.
+    let mut walked = Vec::new();
+    for line in lines {
+        if line == "shim" {
+            walked.push(("shim".to_string(), 0, 0, -1));
+            continue;
+        }
+        let f: Vec<&str> = line.split(' ').collect();
+        let (code, instr, entry, expected_line) = (
+            f[1].parse::<u64>().unwrap(),
+            f[2].parse::<u64>().unwrap(),
+            f[3].parse::<i64>().unwrap(),
+            f[4].parse::<u32>().unwrap(),
+        );
+        assert_eq!(f[5], "1", "{}: ob_type is PyCode_Type", python.display());
+        let name = match f[7] {
+            "-" => read_str(o, &hex(f[6])),
+            qualname => read_str(o, &hex(qualname)),
+        };
+        assert_eq!(read_str(o, &hex(f[8])), script.display().to_string());
+        let table = read_bytes(o, &hex(f[9]));
+        let firstlineno: u32 = f[10].parse().unwrap();
+        let offset = o.instruction_offset(code, instr);
+        let line =
+            taskprof::python::linetable::line_for(o.code.linetable_format, firstlineno, &table, offset).unwrap_or(0);
+        walked.push((name, line, expected_line, entry));
+    }
+    let names: Vec<&str> = walked.iter().map(|w| w.0.as_str()).collect();
+    let expected_names: &[&str] = match o.frame.layout {
+        FrameLayout::CStackOwner => &["walk", "leaf", "middle", "outer", "<module>", "shim"],
+        _ => &["walk", "leaf", "middle", "outer", "<module>"],
+    };
+    assert_eq!(names, expected_names, "{}", python.display());
+    for ((name, line, expected, _), (call_name, call_line)) in walked[1..].iter().zip(walker_call_lines()) {
+        assert_eq!(name, call_name);
+        assert_eq!(
+            (*line, *expected),
+            (call_line, call_line),
+            "{}: {name}'s line",
+            python.display()
+        );
+    }
+    if o.frame.layout == FrameLayout::EntryFlag {
+        let entries: Vec<i64> = walked.iter().map(|w| w.3).collect();
+        assert_eq!(entries, [0, 0, 0, 0, 1], "{}: is_entry", python.display());
+    }
+    println!("{}: walked {names:?}", python.display());
 }
