@@ -207,8 +207,10 @@ fn version_from_name(name: &str) -> Option<(u8, u8, bool)> {
     Some((major.parse().ok()?, minor, threaded))
 }
 
+/// `libpython3.X.so*`; not `libpython3.so`, the stable-ABI stub that
+/// only forwards to the real library.
 fn is_libpython(name: &str) -> bool {
-    name.starts_with("libpython") && name.contains(".so")
+    name.starts_with("libpython") && name.contains(".so") && version_from_name(name).is_some()
 }
 
 /// Finds the CPython interpreter in a process from its maps. `open` gives
@@ -595,6 +597,7 @@ time.sleep(60)
         assert_eq!(version_from_name("python3.9"), Some((3, 9, false)));
         assert_eq!(version_from_name("python3"), None);
         assert_eq!(version_from_name("libc.so.6"), None);
+        assert!(is_libpython("libpython3.12.so.1.0") && !is_libpython("libpython3.so"));
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Where CPython keeps what a profiler reads, per minor version (x86_64).
 //!
-//! Each entry was written from CPython's headers at that version's tags
-//! (`Include/cpython/*.h` and `Include/internal/pycore_*.h`) and is checked
-//! on the test machine by `tests/python_offsets.rs`, which compiles a C
-//! program against each installed build's headers and compares every
-//! `offsetof()` with this table. The BPF walker takes the thread-state and
+//! Each entry was written from CPython's headers (`Include/cpython/*.h`
+//! and `Include/internal/pycore_*.h`) as installed by the builds on the
+//! test machine (3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1, 3.13.0, and
+//! Debian's 3.11.2), and is checked there by `tests/python_offsets.rs`,
+//! which compiles a C program against each build's headers, compares
+//! every `offsetof()` with this table, and walks each interpreter's own
+//! frames with it. CPython keeps these layouts within a minor version;
+//! other patch releases are not checked. The BPF walker takes the thread-state and
 //! frame fields (bpf/profiler.h's `struct python_process`); the namer in
 //! userspace takes the code-object, string and bytes fields.
 //!
