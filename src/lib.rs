@@ -21,6 +21,7 @@ pub mod oneshot;
 pub mod pprof;
 pub mod process;
 pub mod profile;
+pub mod python;
 pub mod symbolize;
 pub mod unwind;
 pub mod upload;
