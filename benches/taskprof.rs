@@ -37,7 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 use taskprof::bpf::{ProcessEvent, RawSample, Sampler, SamplerConfig, Stack};
 use taskprof::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use taskprof::process::{ProcessKey, ProcessTable};
-use taskprof::profile::symbolize_samples;
+use taskprof::symbolize::samples::symbolize_samples;
 use taskprof::symbolize::Symbolizer;
 use taskprof::unwind::manager::{read_unwind_file, UnwindManager, ROW_BYTES};
 use taskprof::unwind::table::build_table;
@@ -241,21 +241,12 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
     assert!(!kernel.is_empty(), "no kernel text symbols visible in /proc/kallsyms");
     let pids: Vec<u32> = host.0.iter().map(|c| c.id()).collect();
     for &pid in &pids {
-        processes.observe(ProcessKey {
-            tgid: pid,
-            incarnation: 1,
-        });
+        processes.observe(ProcessKey::new(pid, 1));
     }
     (0..STACKS)
         .map(|i| {
             let pid = pids[i % pids.len()];
-            let mappings = &processes
-                .get(ProcessKey {
-                    tgid: pid,
-                    incarnation: 1,
-                })
-                .expect("captured")
-                .mappings;
+            let mappings = &processes.get(ProcessKey::new(pid, 1)).expect("captured").mappings;
             let depth = 8 + (rng.next() % 17) as usize;
             let user: Vec<u64> = (0..depth)
                 .map(|_| {
@@ -578,7 +569,7 @@ fn unwind_run(table_unwind: bool, fixture: &std::path::Path) -> (u64, u64, f64, 
     while Instant::now() < deadline {
         for event in sampler.process_events(Duration::from_millis(100)) {
             if let ProcessEvent::New { tgid, incarnation } = event {
-                let key = ProcessKey { tgid, incarnation };
+                let key = ProcessKey::new(tgid, incarnation);
                 processes.observe(key);
                 if table_unwind {
                     manager.load_process(&mut sampler, key, &processes);

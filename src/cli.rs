@@ -1,5 +1,5 @@
 //! Command-line types and the text forms of their values. They are turned
-//! into validated config structs (`crate::config`, `crate::agent_config`)
+//! into validated config structs (`crate::oneshot::config`, `crate::agent::config`)
 //! right away, so clap never leaks into the core.
 //!
 //! The `parse_*` functions here are the one definition of each setting's
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::logging::LogFormat;
+use crate::agent::logging::LogFormat;
 use crate::upload::Protocol;
 
 /// taskprof: a CPU profiler for Linux built on BPF.
@@ -125,7 +125,7 @@ over the file, which wins over the defaults.";
 ///
 /// None has a clap default: a flag left out must fall through to the
 /// environment and then the YAML file, so the defaults are applied by
-/// `crate::agent_config` after all three have been consulted.
+/// `crate::agent::config` after all three have been consulted.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// YAML file with settings; its keys are the flag names in snake case.

@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use clap::Parser;
 
-use taskprof::agent_config::{is_usage_error, AgentConfig};
+use taskprof::agent::config::{is_usage_error, AgentConfig};
+use taskprof::agent::logging;
 use taskprof::cli::{Cli, Command};
-use taskprof::config::ProfileConfig;
-use taskprof::{agent, logging, oneshot};
+use taskprof::oneshot::config::ProfileConfig;
+use taskprof::{agent, oneshot};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -9,7 +9,7 @@ use flate2::write::GzEncoder;
 use prost::Message;
 
 use super::proto;
-use crate::profile::{MappingInfo, Sample};
+use crate::symbolize::samples::{MappingInfo, Sample};
 use crate::symbolize::FunctionInfo;
 
 /// What a profile covers.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use crate::profile::Sample;
+use crate::symbolize::samples::Sample;
 
 /// Folded lines, one per distinct stack, sorted. Kernel frames carry the
 /// usual `_[k]` suffix, and inlined functions appear as frames of their own.

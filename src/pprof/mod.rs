@@ -22,7 +22,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::profile::{Frame, MappingInfo, Sample};
+    use crate::symbolize::samples::{Frame, MappingInfo, Sample};
     use crate::symbolize::{synthetic_lines, FunctionInfo, LineInfo, Lines};
 
     fn lines(names: &[(&str, u32)]) -> Lines {

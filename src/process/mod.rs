@@ -92,6 +92,13 @@ pub struct ProcessKey {
     pub incarnation: u32,
 }
 
+impl ProcessKey {
+    /// The process `tgid` in its `incarnation`.
+    pub const fn new(tgid: u32, incarnation: u32) -> ProcessKey {
+        ProcessKey { tgid, incarnation }
+    }
+}
+
 /// A captured process.
 #[derive(Debug, Clone)]
 pub struct ProcessInfo {
@@ -434,10 +441,7 @@ mod tests {
     #[test]
     fn own_process_is_captured_with_its_executable_and_handles() {
         let mut table = ProcessTable::new();
-        let me = ProcessKey {
-            tgid: std::process::id(),
-            incarnation: 1,
-        };
+        let me = ProcessKey::new(std::process::id(), 1);
         table.observe(me);
         let info = table.get(me).expect("own process captured");
         assert!(info.captured);
@@ -455,10 +459,7 @@ mod tests {
     #[test]
     fn a_pid_that_does_not_exist_is_remembered_as_not_captured() {
         let mut table = ProcessTable::new();
-        let gone = ProcessKey {
-            tgid: u32::MAX - 1,
-            incarnation: 1,
-        };
+        let gone = ProcessKey::new(u32::MAX - 1, 1);
         table.observe(gone);
         let info = table.get(gone).expect("entry kept");
         assert!(!info.captured && info.mappings.is_empty());

@@ -10,4 +10,6 @@
 
 pub mod detect;
 pub mod linetable;
+pub mod merge;
+pub mod namer;
 pub mod offsets;

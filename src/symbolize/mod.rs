@@ -10,6 +10,7 @@
 mod demangle;
 mod kernel;
 mod perf_map;
+pub mod samples;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::path::PathBuf;

@@ -352,10 +352,7 @@ impl UnwindManager {
     ) -> Vec<ProcessKey> {
         let keys: Vec<ProcessKey> = tgids
             .iter()
-            .map(|&tgid| ProcessKey {
-                tgid,
-                incarnation: PRELOADED_INCARNATION,
-            })
+            .map(|&tgid| ProcessKey::new(tgid, PRELOADED_INCARNATION))
             .collect();
         for &key in &keys {
             processes.observe(key);
@@ -441,10 +438,7 @@ impl UnwindManager {
             .processes
             .iter()
             .filter(|(_, p)| p.waiting.iter().any(|k| done.contains(k)))
-            .map(|(&tgid, p)| ProcessKey {
-                tgid,
-                incarnation: p.incarnation,
-            })
+            .map(|(&tgid, p)| ProcessKey::new(tgid, p.incarnation))
             .collect();
         for key in waiting {
             self.load_process(maps, key, processes);
@@ -795,7 +789,7 @@ mod tests {
     }
 
     fn key(tgid: u32, incarnation: u32) -> ProcessKey {
-        ProcessKey { tgid, incarnation }
+        ProcessKey::new(tgid, incarnation)
     }
 
     fn table_ids(mappings: &[UnwindMapping]) -> Vec<u32> {

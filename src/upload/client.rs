@@ -14,7 +14,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT
 use url::Url;
 
 use super::{truncate_message, Auth, SetupError, UploadConfig, UploadError};
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));

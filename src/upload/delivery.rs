@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::{Batch, Spool, UploadError, Uploader};
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// How the worker queues, retries and gives up.
 #[derive(Debug, Clone, PartialEq, Eq)]

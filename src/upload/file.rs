@@ -34,11 +34,6 @@ impl FileUploader {
         })?;
         Ok(FileUploader { dir })
     }
-
-    /// An uploader writing to `dir`, which must exist.
-    pub fn in_dir(dir: impl Into<PathBuf>) -> FileUploader {
-        FileUploader { dir: dir.into() }
-    }
 }
 
 impl Uploader for FileUploader {

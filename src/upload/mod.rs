@@ -4,7 +4,7 @@
 //! nothing collected is lost.
 //!
 //! The pieces, in the order a window's [`Batch`] meets them:
-//! - [`DeliveryHandle::submit`] queues it without ever blocking; when the
+//! - [`delivery::DeliveryHandle::submit`] queues it without ever blocking; when the
 //!   queue is full it goes to the [`Spool`] instead;
 //! - the worker started by [`Delivery::start`] sends batches strictly in
 //!   sequence order, retries what failed with backoff, and spools what it
@@ -61,15 +61,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use client::{http_client, read_ca_certificates};
-pub use delivery::{Delivery, DeliveryHandle, DeliveryOptions, DeliverySummary, Submission};
+pub use client::read_ca_certificates;
+pub use delivery::{Delivery, DeliveryOptions};
 pub use file::FileUploader;
 pub use parca::ParcaUploader;
 pub use pyroscope::PyroscopeUploader;
-pub use spool::{Spool, SpoolError};
+pub use spool::Spool;
 pub use types::*;
 
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// Longest server message kept in a [`UploadError::Rejected`].
 const MAX_MESSAGE_BYTES: usize = 1024;
@@ -107,11 +107,13 @@ impl UploadError {
         }
     }
 
+    #[cfg(test)]
     /// Whether sending again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, UploadError::Retryable { .. })
     }
 
+    #[cfg(test)]
     /// The delay the server asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -187,7 +189,7 @@ pub trait Uploader: Send + Sync {
 }
 
 /// Builds the uploader that `config` asks for. HTTP protocols share one
-/// client built by [`http_client`]; `file` creates its directory.
+/// client built by [`client::http_client`]; `file` creates its directory.
 pub fn build_uploader(config: &UploadConfig, metrics: Metrics) -> Result<Arc<dyn Uploader>, SetupError> {
     Ok(match config.protocol {
         Protocol::Pyroscope => Arc::new(PyroscopeUploader::new(config, metrics)?),

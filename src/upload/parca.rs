@@ -13,7 +13,7 @@ use url::Url;
 
 use super::client::{http_client, join_endpoint, post};
 use super::{series_labels, Batch, SendFuture, SeriesProfile, SetupError, UploadConfig, UploadError, Uploader};
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// The metric name Parca's agent uses for CPU profiles.
 const PROFILE_NAME: &str = "parca_agent_cpu";

@@ -17,7 +17,7 @@ use super::client::{http_client, join_endpoint, post};
 use super::{
     sanitize_name, series_labels, Batch, SendFuture, SeriesProfile, SetupError, UploadConfig, UploadError, Uploader,
 };
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// The label whose value becomes the application name.
 const SERVICE_NAME: &str = "service_name";

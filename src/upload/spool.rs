@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::durable::{write_atomically, TEMP_SUFFIX};
 use super::{Batch, SeriesProfile, SpoolConfig};
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 const MAGIC: &[u8; 8] = b"TPSPOOL\0";
 const VERSION: u32 = 1;
@@ -313,11 +313,6 @@ impl Spool {
     /// Windows evicted (or not kept) since the spool was opened.
     pub fn evictions(&self) -> u64 {
         self.evictions
-    }
-
-    /// The spool's directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn path_of(&self, sequence: u64) -> PathBuf {

@@ -9,13 +9,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::bpf::{ProcessEvent, Truncation, Window};
-use crate::containers::{ContainerLabeler, Verdict};
+use crate::agent::containers::{ContainerLabeler, Verdict};
+use crate::bpf::{Truncation, Window};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
-use crate::process::{process_start_time, ProcessKey, ProcessTable};
-use crate::profile::{symbolize_samples, Sample};
+use crate::process::{process_start_time, ProcessKey};
+use crate::session::{ProcessFilter, Session};
+use crate::symbolize::samples::{symbolize_samples, Sample};
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps};
 use crate::upload::{Batch, SeriesProfile};
 
 /// Labels every series of this agent carries.
@@ -34,7 +34,6 @@ const IDLE_WINDOWS_BEFORE_SWEEP: u64 = 6;
 
 /// State carried from window to window.
 pub struct WindowProcessor {
-    processes: ProcessTable,
     symbolizer: Symbolizer,
     frequency_hz: u64,
     labels: SeriesLabels,
@@ -45,13 +44,6 @@ pub struct WindowProcessor {
     windows: u64,
     last_sequence: u64,
     containers: Option<ContainerLabeler>,
-    unwind: Option<UnwindManager>,
-    /// Processes forgotten since the last events, whose unwind tables are
-    /// released with the next events.
-    unwind_forgotten: Vec<ProcessKey>,
-    /// Processes sampled without their unwind tables (their announcement
-    /// was dropped), loaded with the next events.
-    unwind_missing: Vec<ProcessKey>,
 }
 
 /// What a window produced besides its batch.
@@ -70,7 +62,6 @@ impl WindowProcessor {
     /// turns on DWARF for files, lines and inlined frames.
     pub fn new(frequency_hz: u64, labels: SeriesLabels, debug_info: bool) -> WindowProcessor {
         WindowProcessor {
-            processes: ProcessTable::new(),
             symbolizer: Symbolizer::with_debug_info(debug_info),
             frequency_hz,
             labels,
@@ -79,34 +70,7 @@ impl WindowProcessor {
             windows: 0,
             last_sequence: 0,
             containers: None,
-            unwind: None,
-            unwind_forgotten: Vec::new(),
-            unwind_missing: Vec::new(),
         }
-    }
-
-    /// Loads unwind tables for each process as it is first sampled.
-    pub fn with_unwinding(mut self, unwind: UnwindManager) -> WindowProcessor {
-        self.unwind = Some(unwind);
-        self
-    }
-
-    /// Loads the unwind tables of the processes named by `--pid` before
-    /// sampling starts, so that none of their first stacks is cut short.
-    pub fn preload_unwind_tables(&mut self, tgids: &[u32], maps: &mut dyn UnwindMaps) {
-        let Some(unwind) = &mut self.unwind else {
-            return;
-        };
-        // Samples carry the BPF program's own incarnation numbers: the
-        // process is captured again under its number when first sampled.
-        for key in unwind.preload(maps, tgids, &mut self.processes) {
-            self.processes.forget(key);
-        }
-    }
-
-    /// The unwind table manager, when table unwinding is on.
-    pub fn unwind(&self) -> Option<&UnwindManager> {
-        self.unwind.as_ref()
     }
 
     /// Adds container and pod labels, and the operator's filters.
@@ -127,64 +91,6 @@ impl WindowProcessor {
         }
     }
 
-    /// Takes in process events as they arrive during a window: new
-    /// processes are captured at once, while they are alive, and their
-    /// unwind tables loaded into `maps`.
-    pub fn on_events(&mut self, events: Vec<ProcessEvent>, maps: &mut dyn UnwindMaps) {
-        if let Some(unwind) = &mut self.unwind {
-            for key in self.unwind_forgotten.drain(..) {
-                unwind.process_gone(maps, key);
-            }
-            for key in self.unwind_missing.drain(..) {
-                if !unwind.knows(key) && !self.gone.contains_key(&key) {
-                    unwind.load_process(maps, key, &self.processes);
-                }
-            }
-            unwind.unload_unused(maps, false);
-        }
-        for event in events {
-            match event {
-                ProcessEvent::New { tgid, incarnation } => {
-                    let key = ProcessKey { tgid, incarnation };
-                    // Excluded processes are never captured.
-                    if self.verdict(key) == Verdict::Drop {
-                        continue;
-                    }
-                    self.processes.observe(key);
-                    self.last_seen.insert(key, self.windows);
-                    if let Some(unwind) = &mut self.unwind {
-                        unwind.load_process(maps, key, &self.processes);
-                    }
-                }
-                ProcessEvent::MappingsChanged { tgid, incarnation } => {
-                    if let Some(unwind) = &mut self.unwind {
-                        unwind.mappings_changed(maps, ProcessKey { tgid, incarnation }, &mut self.processes);
-                    }
-                }
-                ProcessEvent::Gone { tgid, incarnation } => {
-                    let key = ProcessKey { tgid, incarnation };
-                    self.gone.insert(key, self.windows);
-                    if let Some(unwind) = &mut self.unwind {
-                        unwind.process_gone(maps, key);
-                    }
-                }
-            }
-        }
-        if let Some(unwind) = &mut self.unwind {
-            unwind.poll(maps, &self.processes);
-        }
-    }
-
-    /// Processes currently tracked.
-    pub fn tracked_processes(&self) -> usize {
-        self.processes.len()
-    }
-
-    /// Files currently held open.
-    pub fn open_objects(&self) -> usize {
-        self.processes.object_count()
-    }
-
     /// Addresses cached by the symbolizer.
     pub fn cached_addresses(&self) -> usize {
         self.symbolizer.cached_addresses()
@@ -197,17 +103,20 @@ impl WindowProcessor {
 
     /// Builds the window's batch: one gzipped pprof per process with
     /// samples, labelled for upload. Then forgets what is no longer needed.
-    pub fn finish_window(&mut self, window: &Window, start: SystemTime, end: SystemTime) -> (Batch, WindowReport) {
+    pub fn finish_window(
+        &mut self,
+        session: &mut Session,
+        window: &Window,
+        start: SystemTime,
+        end: SystemTime,
+    ) -> (Batch, WindowReport) {
         self.symbolizer.reload_perf_maps();
         // Filters first: what they drop is never symbolized.
         let mut verdicts: BTreeMap<ProcessKey, Verdict> = BTreeMap::new();
         let mut kept = Vec::with_capacity(window.samples.len());
         let mut filtered = 0;
         for raw in &window.samples {
-            let key = ProcessKey {
-                tgid: raw.tgid,
-                incarnation: raw.incarnation,
-            };
+            let key = ProcessKey::new(raw.tgid, raw.incarnation);
             if let std::collections::btree_map::Entry::Vacant(slot) = verdicts.entry(key) {
                 slot.insert(self.verdict(key));
             }
@@ -216,18 +125,12 @@ impl WindowProcessor {
                 Verdict::Drop => filtered += raw.count,
             }
         }
-        let samples = symbolize_samples(&kept, &mut self.processes, &mut self.symbolizer);
+        let samples = symbolize_samples(&kept, session.processes_mut(), &mut self.symbolizer);
         let mut by_process: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
         for (raw, sample) in kept.iter().zip(samples) {
-            let key = ProcessKey {
-                tgid: raw.tgid,
-                incarnation: raw.incarnation,
-            };
-            if raw.user.truncation() == Some(Truncation::NotLoaded)
-                && self.unwind.as_ref().is_some_and(|u| !u.knows(key))
-                && !self.unwind_missing.contains(&key)
-            {
-                self.unwind_missing.push(key);
+            let key = ProcessKey::new(raw.tgid, raw.incarnation);
+            if raw.user.truncation() == Some(Truncation::NotLoaded) {
+                session.load_tables_later(key);
             }
             self.last_seen.insert(key, self.windows);
             by_process.entry(key).or_default().push(sample);
@@ -269,7 +172,7 @@ impl WindowProcessor {
             });
         }
 
-        let forgotten = self.forget_finished();
+        let forgotten = self.forget_finished(session);
         self.windows += 1;
         // Strictly increasing, even if two windows end in the same
         // millisecond: the spool keys windows by sequence.
@@ -324,7 +227,7 @@ impl WindowProcessor {
     /// (their last samples are in this window or earlier), and idle ones
     /// that are no longer alive as the same process; then releases the
     /// files and cache entries nobody needs.
-    fn forget_finished(&mut self) -> usize {
+    fn forget_finished(&mut self, session: &mut Session) -> usize {
         let current = self.windows;
         let mut forget: Vec<ProcessKey> = self
             .gone
@@ -332,7 +235,7 @@ impl WindowProcessor {
             .filter(|(_, &window)| window < current)
             .map(|(key, _)| *key)
             .collect();
-        for (key, info) in self.processes.processes() {
+        for (key, info) in session.processes().processes() {
             let idle = self
                 .last_seen
                 .get(key)
@@ -351,14 +254,13 @@ impl WindowProcessor {
             labeler.forget(&forget);
         }
         for key in &forget {
-            self.processes.forget(*key);
-            self.unwind_forgotten.push(*key);
+            session.forget(*key);
             self.last_seen.remove(key);
             self.gone.remove(key);
         }
         if !forget.is_empty() {
             let mut released = Vec::new();
-            self.processes.release_unused_objects(|key, object| {
+            session.processes_mut().release_unused_objects(|key, object| {
                 tracing::debug!(file = %object.original_path.display(), "releasing a file no tracked process maps");
                 released.push((key, object.handle_path()))
             });
@@ -366,6 +268,25 @@ impl WindowProcessor {
             self.symbolizer.forget(&released, &tgids);
         }
         forget.len()
+    }
+}
+
+impl ProcessFilter for WindowProcessor {
+    /// Excluded processes are never captured.
+    fn admit(&mut self, key: ProcessKey) -> bool {
+        if self.verdict(key) == Verdict::Drop {
+            return false;
+        }
+        self.last_seen.insert(key, self.windows);
+        true
+    }
+
+    fn ended(&mut self, key: ProcessKey) {
+        self.gone.insert(key, self.windows);
+    }
+
+    fn has_ended(&self, key: ProcessKey) -> bool {
+        self.gone.contains_key(&key)
     }
 }
 

@@ -24,9 +24,10 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use crate::agent::logging::{self, LogFormat, LoggingError};
 use crate::cli::{self, AgentArgs};
-use crate::config::{check_process, ConfigError};
-use crate::logging::{self, LogFormat, LoggingError};
+use crate::oneshot::config::{check_process, ConfigError};
+use crate::session::SamplingSettings;
 use crate::upload::{Auth, Protocol, Secret, SpoolConfig, UploadConfig};
 
 const DEFAULT_FREQUENCY_HZ: u64 = 19;
@@ -168,6 +169,17 @@ pub fn is_usage_error(err: &anyhow::Error) -> bool {
 }
 
 impl AgentConfig {
+    /// What the session samples.
+    pub fn sampling(&self) -> SamplingSettings {
+        SamplingSettings {
+            frequency_hz: self.frequency_hz,
+            span: self.window,
+            pids: self.pids.clone(),
+            verifier_log: self.verifier_log,
+            unwind_table_memory: self.unwind_table_memory,
+        }
+    }
+
     /// Merges the flags, the environment (read through `env`, e.g.
     /// `|name| std::env::var(name).ok()`) and the YAML file named by
     /// `--config` or `TASKPROF_CONFIG`, applies defaults, and validates the

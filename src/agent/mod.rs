@@ -4,20 +4,27 @@
 //! endpoint run on a small tokio runtime, so a slow backend never stalls
 //! sampling.
 
+pub mod config;
+mod containers;
+mod endpoint;
+pub mod logging;
+pub(crate) mod metrics;
+mod window;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::agent_config::AgentConfig;
-use crate::bpf::{online_cpu_count, SampleStats, Sampler, SamplerConfig, Truncation};
-use crate::containers::{ContainerLabeler, LabelerSettings};
+use crate::bpf::{SampleStats, Truncation};
 use crate::kubernetes::{KubeConfig, LabelOptions, PodCache, PodFilter};
-use crate::metrics::{raise_to, Metrics};
-use crate::unwind::manager::UnwindManager;
+use crate::session::Session;
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
-use crate::window::{SeriesLabels, WindowProcessor};
+use config::AgentConfig;
+use containers::{ContainerLabeler, LabelerSettings};
+use metrics::{raise_to, Metrics};
+use window::{SeriesLabels, WindowProcessor};
 
 /// Runs the agent until `stop` is set (by SIGTERM or SIGINT), then closes
 /// the current window early, delivers it and flushes the queue within the
@@ -31,7 +38,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         .context("failed to start the I/O runtime")?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let (metrics_address, _server) = runtime.block_on(crate::http::serve(
+    let (metrics_address, _server) = runtime.block_on(endpoint::serve(
         config.metrics_address,
         metrics.clone(),
         Arc::clone(&ready),
@@ -54,12 +61,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         Delivery::start(uploader, spool, metrics.clone(), options)
     };
 
-    let cpus = online_cpu_count().context("failed to count the online CPUs")?;
-    let mut sampler_config = SamplerConfig::sized_for(config.frequency_hz, config.window.as_secs().max(1), cpus as u64);
-    sampler_config.tgids = config.pids.clone();
-    sampler_config.verifier_log = config.verifier_log;
-    sampler_config.table_unwind = config.unwind_table_memory.is_some();
-    let mut sampler = Sampler::load(sampler_config)?;
+    let mut session = Session::load(&config.sampling())?;
 
     let labels = SeriesLabels {
         service_name: config.service_name.clone(),
@@ -67,9 +69,6 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         extra: config.labels.clone(),
     };
     let mut processor = WindowProcessor::new(config.frequency_hz, labels, config.debug_info);
-    if let Some(budget) = config.unwind_table_memory {
-        processor = processor.with_unwinding(UnwindManager::new(budget));
-    }
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();
@@ -99,10 +98,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             },
         }));
     }
-    // The processes named by --pid get their unwind tables before the
-    // first sample.
-    processor.preload_unwind_tables(&config.pids, &mut sampler);
-    sampler.attach()?;
+    session.attach()?;
     ready.store(true, Ordering::SeqCst);
     metrics.set_ready(true);
     tracing::info!(
@@ -125,25 +121,23 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             let wait = boundary
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
-            let events = sampler.process_events(wait);
-            processor.on_events(events, &mut sampler);
+            session.handle_events(wait, &mut processor);
         }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping {
             // Nothing is sampled after the last drain.
-            sampler.stop();
+            session.stop();
         }
-        let events = sampler.process_events(Duration::ZERO);
-        processor.on_events(events, &mut sampler);
+        session.handle_events(Duration::ZERO, &mut processor);
         let end = SystemTime::now();
-        let window = sampler.drain_window().context("failed to read the window's samples")?;
-        let (batch, report) = processor.finish_window(&window, start, end);
+        let window = session.drain_window()?;
+        let (batch, report) = processor.finish_window(&mut session, &window, start, end);
         let span = tracing::info_span!("window", sequence = batch.sequence);
         let _entered = span.enter();
 
         totals.add(&window.stats);
         filtered_total += report.filtered;
-        record_window(&metrics, &totals, filtered_total, &processor);
+        record_window(&metrics, &totals, filtered_total, &processor, &session);
         if let Some(pods) = &pod_stats {
             let stats = pods.stats();
             raise_to(&metrics.kubernetes_api_errors, stats.list_errors + stats.watch_errors);
@@ -156,8 +150,8 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             filtered = report.filtered,
             profiles = batch.profiles.len(),
             forgotten_processes = report.forgotten,
-            tracked_processes = processor.tracked_processes(),
-            open_files = processor.open_objects(),
+            tracked_processes = session.processes().len(),
+            open_files = session.processes().object_count(),
             cached_addresses = processor.cached_addresses(),
             "window closed"
         );
@@ -192,7 +186,13 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
 
 /// Publishes the running totals: BPF counters are absolute, so the metrics
 /// are set from them rather than incremented.
-fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, processor: &WindowProcessor) {
+fn record_window(
+    metrics: &Metrics,
+    totals: &SampleStats,
+    filtered: u64,
+    processor: &WindowProcessor,
+    session: &Session,
+) {
     metrics.windows.inc();
     metrics.set_samples_total(totals.samples);
     metrics.set_samples_lost_total("counts_map_full", totals.lost_counts_full);
@@ -204,8 +204,8 @@ fn record_window(metrics: &Metrics, totals: &SampleStats, filtered: u64, process
     metrics.set_symbolization_failures_total(processor.symbolization_failures());
     raise_to(&metrics.samples_filtered, filtered);
     raise_to(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
-    metrics.tracked_processes.set(processor.tracked_processes() as i64);
-    if let Some(unwind) = processor.unwind() {
+    metrics.tracked_processes.set(session.processes().len() as i64);
+    if let Some(unwind) = session.unwind() {
         metrics.set_user_stacks_total("complete", totals.unwind_complete);
         for reason in Truncation::ALL {
             metrics.set_user_stacks_total(reason.label(), totals.truncated(reason));

@@ -2,19 +2,20 @@
 //! profile. Ctrl-C or SIGTERM ends sampling early; what was collected is
 //! still written.
 
+pub mod config;
+
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 
-use crate::bpf::{ProcessEvent, SampleStats, Sampler, SamplerConfig, Truncation, Window};
-use crate::config::{OutputFormat, ProfileConfig};
+use crate::bpf::{SampleStats, Truncation, Window};
 use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta, SampleLabels};
-use crate::process::{ProcessKey, ProcessTable};
-use crate::profile::symbolize_samples;
+use crate::session::{AllProcesses, Session};
+use crate::symbolize::samples::symbolize_samples;
 use crate::symbolize::Symbolizer;
-use crate::unwind::manager::{UnwindManager, UnwindMaps};
+use config::{OutputFormat, ProfileConfig};
 
 /// What a finished profile contains.
 #[derive(Debug, Clone)]
@@ -35,23 +36,8 @@ pub struct Summary {
 
 /// Runs a one-shot profile. `stop` is set by the signal handlers.
 pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> {
-    let cpus = crate::bpf::online_cpu_count().context("failed to count the online CPUs")?;
-    let mut sampler_config =
-        SamplerConfig::sized_for(config.frequency_hz, config.duration.as_secs().max(1), cpus as u64);
-    sampler_config.tgids = config.pids.clone();
-    sampler_config.verifier_log = config.verifier_log;
-    sampler_config.table_unwind = config.unwind_table_memory.is_some();
-
-    let mut processes = ProcessTable::new();
-    let mut unwind = config.unwind_table_memory.map(UnwindManager::new);
-
-    let mut sampler = Sampler::load(sampler_config)?;
-    // The processes named by --pid get their unwind tables before the
-    // first sample, so none of their stacks is cut short while loading.
-    if let Some(unwind) = unwind.as_mut() {
-        unwind.preload(&mut sampler, &config.pids, &mut processes);
-    }
-    sampler.attach()?;
+    let mut session = Session::load(&config.sampling())?;
+    session.attach()?;
     let started_at = SystemTime::now();
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -62,11 +48,10 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             .duration
             .saturating_sub(started.elapsed())
             .min(Duration::from_millis(100));
-        let events = sampler.process_events(wait);
-        observe(&mut processes, unwind.as_mut(), &mut sampler, events);
+        session.handle_events(wait, &mut AllProcesses);
         if progress && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
-            let samples = sampler.live_stats().map(|s| s.samples).unwrap_or(0);
+            let samples = session.live_stats().map(|s| s.samples).unwrap_or(0);
             let elapsed = started.elapsed().min(config.duration);
             eprint!(
                 "\r\x1b[Ktaskprof: {:>4.0}s elapsed, {:>4.0}s left, {samples} samples",
@@ -77,17 +62,16 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         }
     }
     let interrupted = stop.load(Ordering::Relaxed);
-    sampler.stop();
+    session.stop();
     let sampled_for = started.elapsed();
     if progress {
         eprint!("\r\x1b[K");
     }
     let processing_started = Instant::now();
 
-    let events = sampler.process_events(Duration::ZERO);
-    observe(&mut processes, unwind.as_mut(), &mut sampler, events);
-    let Window { samples: raw, stats } = sampler.drain_window()?;
-    drop(sampler);
+    session.handle_events(Duration::ZERO, &mut AllProcesses);
+    let Window { samples: raw, stats } = session.drain_window()?;
+    let mut processes = session.finish();
 
     let mut symbolizer = Symbolizer::new();
     let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer);
@@ -178,38 +162,4 @@ fn unwind_summary(stats: &SampleStats) -> String {
             format!(" (stopped early: {})", reasons.join(", "))
         }
     )
-}
-
-/// Captures newly sampled processes while they are alive, and loads their
-/// unwind tables. Ended incarnations are kept: their samples are
-/// symbolized at the end.
-fn observe(
-    processes: &mut ProcessTable,
-    unwind: Option<&mut UnwindManager>,
-    maps: &mut dyn UnwindMaps,
-    events: Vec<ProcessEvent>,
-) {
-    // Capture every new process first: that must happen while they live.
-    for event in &events {
-        if let ProcessEvent::New { tgid, incarnation } = *event {
-            processes.observe(ProcessKey { tgid, incarnation });
-        }
-    }
-    let Some(unwind) = unwind else {
-        return;
-    };
-    for event in events {
-        match event {
-            ProcessEvent::New { tgid, incarnation } => {
-                unwind.load_process(maps, ProcessKey { tgid, incarnation }, processes);
-            }
-            ProcessEvent::MappingsChanged { tgid, incarnation } => {
-                unwind.mappings_changed(maps, ProcessKey { tgid, incarnation }, processes);
-            }
-            ProcessEvent::Gone { tgid, incarnation } => {
-                unwind.process_gone(maps, ProcessKey { tgid, incarnation });
-            }
-        }
-    }
-    unwind.poll(maps, processes);
 }

@@ -79,10 +79,7 @@ enum UserTarget {
 /// too short-lived) are captured now if still alive. No address fails the
 /// whole: unknowns get `file+offset` or `[unknown]` frames.
 pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mut Symbolizer) -> Vec<Sample> {
-    let key_of = |sample: &RawSample| ProcessKey {
-        tgid: sample.tgid,
-        incarnation: sample.incarnation,
-    };
+    let key_of = |sample: &RawSample| ProcessKey::new(sample.tgid, sample.incarnation);
     for sample in raw {
         processes.observe(key_of(sample));
     }

@@ -112,14 +112,4 @@ impl ContainerLabeler {
             self.containers.remove(key);
         }
     }
-
-    /// Processes with a cached container.
-    pub fn len(&self) -> usize {
-        self.containers.len()
-    }
-
-    /// Whether no process is cached.
-    pub fn is_empty(&self) -> bool {
-        self.containers.is_empty()
-    }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{FormatArg, ProfileArgs};
+use crate::session::SamplingSettings;
 
 /// A usage error: bad flags or values.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,17 @@ pub struct ProfileConfig {
 }
 
 impl ProfileConfig {
+    /// What the session samples.
+    pub fn sampling(&self) -> SamplingSettings {
+        SamplingSettings {
+            frequency_hz: self.frequency_hz,
+            span: self.duration,
+            pids: self.pids.clone(),
+            verifier_log: self.verifier_log,
+            unwind_table_memory: self.unwind_table_memory,
+        }
+    }
+
     /// Validates the flags: pids exist, the format is known, and the output
     /// can be written (a temporary file is created beside it now, so a bad
     /// path fails before sampling rather than after it).

@@ -1,7 +1,7 @@
 //! The agent's own Prometheus metrics: what it sampled, what it lost and
 //! why, and how delivery to the backend is going. Everything lives in one
 //! [`Metrics`] value that is cheap to clone and is handed to each part of
-//! the agent; [`crate::http`] serves it as OpenMetrics text.
+//! the agent; [`crate::agent::endpoint`] serves it as OpenMetrics text.
 //!
 //! BPF keeps its own running totals, so the counters fed from it are set
 //! from absolute values ([`Metrics::set_samples_total`] and friends) rather
@@ -304,11 +304,7 @@ impl Metrics {
         raise_to(&self.symbolization_failures, total);
     }
 
-    /// Adds to `taskprof_samples_lost_total{cause}`.
-    pub fn add_samples_lost(&self, cause: &str, count: u64) {
-        self.samples_lost.get_or_create(&cause_labels(cause)).inc_by(count);
-    }
-
+    #[cfg(test)]
     /// Adds to `taskprof_stacks_lost_total{cause}`.
     pub fn add_stacks_lost(&self, cause: &str, count: u64) {
         self.stacks_lost.get_or_create(&cause_labels(cause)).inc_by(count);

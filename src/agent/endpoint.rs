@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::agent::metrics::Metrics;
 
 /// The content type of `/metrics`.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

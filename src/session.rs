@@ -1,0 +1,212 @@
+//! One sampling session, the part both modes share: the loaded sampler,
+//! the table of processes it has seen, and the unwind tables loaded for
+//! them. `taskprof profile` drives one session for its whole run; the
+//! agent drives one for its lifetime and cuts it into windows.
+//!
+//! Process events are handled here, once, for both modes: a new process
+//! is captured at once (while it is alive), then its unwind tables are
+//! requested; a process that mapped more code is read again; an ended
+//! one releases its tables.
+
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::bpf::{online_cpu_count, ProcessEvent, SampleStats, Sampler, SamplerConfig, Window};
+use crate::process::{ProcessKey, ProcessTable};
+use crate::unwind::manager::UnwindManager;
+
+/// What a session samples and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplingSettings {
+    /// Hz per CPU.
+    pub frequency_hz: u64,
+    /// The longest time between two drains (the profile's duration, or
+    /// the agent's window): the BPF maps are sized for it.
+    pub span: Duration,
+    /// Processes to sample; empty for all.
+    pub pids: Vec<u32>,
+    /// Show the verifier log on load failures.
+    pub verifier_log: bool,
+    /// Memory budget for unwind tables, or `None` to walk frame pointers
+    /// only.
+    pub unwind_table_memory: Option<u64>,
+}
+
+/// What a mode decides about the processes a session sees. The defaults
+/// keep every process and remember nothing.
+pub trait ProcessFilter {
+    /// Whether a newly sampled process is captured; one that is not is
+    /// never read from /proc.
+    fn admit(&mut self, _key: ProcessKey) -> bool {
+        true
+    }
+
+    /// The process's incarnation ended.
+    fn ended(&mut self, _key: ProcessKey) {}
+
+    /// Whether the process's incarnation is known to have ended.
+    fn has_ended(&self, _key: ProcessKey) -> bool {
+        false
+    }
+}
+
+/// Keeps every process.
+pub struct AllProcesses;
+
+impl ProcessFilter for AllProcesses {}
+
+/// A loaded sampler with its process table and unwind tables.
+pub struct Session {
+    sampler: Sampler,
+    processes: ProcessTable,
+    unwind: Option<UnwindManager>,
+    /// Processes forgotten since the last events, whose unwind tables are
+    /// released with the next events.
+    unwind_forgotten: Vec<ProcessKey>,
+    /// Processes sampled without their unwind tables (their announcement
+    /// was dropped), loaded with the next events.
+    unwind_missing: Vec<ProcessKey>,
+}
+
+impl Session {
+    /// Loads the sampler (not attached yet) and, when unwinding by table,
+    /// loads the tables of the processes named by `--pid`, so that none of
+    /// their first stacks is cut short.
+    pub fn load(settings: &SamplingSettings) -> anyhow::Result<Session> {
+        let cpus = online_cpu_count().context("failed to count the online CPUs")?;
+        let mut config = SamplerConfig::sized_for(settings.frequency_hz, settings.span.as_secs().max(1), cpus as u64);
+        config.tgids = settings.pids.clone();
+        config.verifier_log = settings.verifier_log;
+        config.table_unwind = settings.unwind_table_memory.is_some();
+        let sampler = Sampler::load(config)?;
+        let mut session = Session {
+            sampler,
+            processes: ProcessTable::new(),
+            unwind: settings.unwind_table_memory.map(UnwindManager::new),
+            unwind_forgotten: Vec::new(),
+            unwind_missing: Vec::new(),
+        };
+        if let Some(unwind) = &mut session.unwind {
+            // Samples carry the BPF program's own incarnation numbers: the
+            // process is captured again under its number when first sampled.
+            for key in unwind.preload(&mut session.sampler, &settings.pids, &mut session.processes) {
+                session.processes.forget(key);
+            }
+        }
+        Ok(session)
+    }
+
+    /// Starts sampling.
+    pub fn attach(&mut self) -> anyhow::Result<()> {
+        Ok(self.sampler.attach()?)
+    }
+
+    /// Stops sampling; what was sampled can still be drained.
+    pub fn stop(&mut self) {
+        self.sampler.stop();
+    }
+
+    /// Waits up to `wait` for process events and handles them: new
+    /// processes that `filter` admits are captured first, while they are
+    /// alive, then their unwind tables are requested and finished tables
+    /// are loaded.
+    pub fn handle_events(&mut self, wait: Duration, filter: &mut dyn ProcessFilter) {
+        let events = self.sampler.process_events(wait);
+        if let Some(unwind) = &mut self.unwind {
+            for key in self.unwind_forgotten.drain(..) {
+                unwind.process_gone(&mut self.sampler, key);
+            }
+            for key in self.unwind_missing.drain(..) {
+                if !unwind.knows(key) && !filter.has_ended(key) {
+                    unwind.load_process(&mut self.sampler, key, &self.processes);
+                }
+            }
+            unwind.unload_unused(&mut self.sampler, false);
+        }
+        // Capture every new process first: that must happen while they live.
+        let mut admitted = rustc_hash::FxHashSet::default();
+        for event in &events {
+            if let ProcessEvent::New { tgid, incarnation } = *event {
+                let key = ProcessKey::new(tgid, incarnation);
+                if filter.admit(key) {
+                    self.processes.observe(key);
+                    admitted.insert(key);
+                }
+            }
+        }
+        for event in events {
+            match event {
+                ProcessEvent::New { tgid, incarnation } => {
+                    let key = ProcessKey::new(tgid, incarnation);
+                    if let (Some(unwind), true) = (&mut self.unwind, admitted.contains(&key)) {
+                        unwind.load_process(&mut self.sampler, key, &self.processes);
+                    }
+                }
+                ProcessEvent::MappingsChanged { tgid, incarnation } => {
+                    if let Some(unwind) = &mut self.unwind {
+                        let key = ProcessKey::new(tgid, incarnation);
+                        unwind.mappings_changed(&mut self.sampler, key, &mut self.processes);
+                    }
+                }
+                ProcessEvent::Gone { tgid, incarnation } => {
+                    let key = ProcessKey::new(tgid, incarnation);
+                    filter.ended(key);
+                    if let Some(unwind) = &mut self.unwind {
+                        unwind.process_gone(&mut self.sampler, key);
+                    }
+                }
+            }
+        }
+        if let Some(unwind) = &mut self.unwind {
+            unwind.poll(&mut self.sampler, &self.processes);
+        }
+    }
+
+    /// The BPF counters so far, without draining.
+    pub fn live_stats(&self) -> anyhow::Result<SampleStats> {
+        Ok(self.sampler.live_stats()?)
+    }
+
+    /// Reads and clears the samples aggregated since the last drain.
+    pub fn drain_window(&mut self) -> anyhow::Result<Window> {
+        self.sampler
+            .drain_window()
+            .context("failed to read the window's samples")
+    }
+
+    /// Ends the session: detaches the sampler and hands back what it saw.
+    pub fn finish(self) -> ProcessTable {
+        self.processes
+    }
+
+    /// The processes seen so far.
+    pub fn processes(&self) -> &ProcessTable {
+        &self.processes
+    }
+
+    /// The processes seen so far, to capture and refresh while symbolizing.
+    pub fn processes_mut(&mut self) -> &mut ProcessTable {
+        &mut self.processes
+    }
+
+    /// The unwind table manager, when table unwinding is on.
+    pub fn unwind(&self) -> Option<&UnwindManager> {
+        self.unwind.as_ref()
+    }
+
+    /// Forgets a process: its entry now, its unwind tables with the next
+    /// events.
+    pub fn forget(&mut self, key: ProcessKey) {
+        self.processes.forget(key);
+        self.unwind_forgotten.push(key);
+    }
+
+    /// A process was sampled before its unwind tables were loaded (its
+    /// announcement was dropped): they are loaded with the next events.
+    pub fn load_tables_later(&mut self, key: ProcessKey) {
+        if self.unwind.as_ref().is_some_and(|u| !u.knows(key)) && !self.unwind_missing.contains(&key) {
+            self.unwind_missing.push(key);
+        }
+    }
+}
