@@ -177,6 +177,7 @@ impl AgentConfig {
             pids: self.pids.clone(),
             verifier_log: self.verifier_log,
             unwind_table_memory: self.unwind_table_memory,
+            python: true,
         }
     }
 

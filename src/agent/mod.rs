@@ -122,6 +122,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             session.handle_events(wait, &mut processor);
+            for note in session.take_notes() {
+                tracing::warn!("{note}");
+            }
         }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping {

@@ -49,6 +49,12 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             .saturating_sub(started.elapsed())
             .min(Duration::from_millis(100));
         session.handle_events(wait, &mut AllProcesses);
+        for note in session.take_notes() {
+            if progress {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("taskprof: {note}");
+        }
         if progress && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
             let samples = session.live_stats().map(|s| s.samples).unwrap_or(0);
@@ -71,10 +77,10 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
 
     session.handle_events(Duration::ZERO, &mut AllProcesses);
     let Window { samples: raw, stats } = session.drain_window()?;
-    let mut processes = session.finish();
+    let (mut processes, mut python) = session.finish();
 
     let mut symbolizer = Symbolizer::new();
-    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer);
+    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer, python.as_mut());
     let meta = ProfileMeta {
         frequency_hz: config.frequency_hz,
         start: started_at,
