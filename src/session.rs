@@ -122,6 +122,14 @@ impl Session {
             python,
             notes,
         };
+        if let Some(python) = &mut session.python {
+            // As for unwind tables: the processes named by --pid are
+            // walked from their first sample.
+            for &tgid in &settings.pids {
+                python.preload(&session.sampler, tgid, &mut session.processes);
+            }
+            session.notes.extend(python.take_notes());
+        }
         if let Some(unwind) = &mut session.unwind {
             // Samples carry the BPF program's own incarnation numbers: the
             // process is captured again under its number when first sampled.

@@ -218,6 +218,13 @@ fn record_window(
         raise_to(&metrics.unwind_tables_over_budget, unwind.stats().budget_exhausted);
         raise_to(&metrics.unwind_mappings_over_limit, unwind.stats().mappings_dropped);
     }
+    if let Some(python) = session.python() {
+        for (status, count) in python.statuses() {
+            metrics.set_python_processes(status.label(), *count);
+        }
+        metrics.set_python_stacks_total("complete", totals.python_walked - totals.python_incomplete);
+        metrics.set_python_stacks_total("incomplete", totals.python_incomplete);
+    }
 }
 
 /// The API server connection: in-cluster defaults, each overridable.

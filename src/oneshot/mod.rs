@@ -128,7 +128,7 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
     };
     format!(
         "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
-         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}wrote {}; {}",
+         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
@@ -142,8 +142,20 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         s.kernel_stack_map_full,
         s.kernel_stack_error,
         unwind_summary(s),
+        python_summary(s),
         path.display(),
         open
+    )
+}
+
+/// How many samples had their Python frames walked, when any had.
+fn python_summary(stats: &SampleStats) -> String {
+    if stats.python_walked == 0 {
+        return String::new();
+    }
+    format!(
+        "python frames in {} samples ({} stopped early); ",
+        stats.python_walked, stats.python_incomplete
     )
 }
 

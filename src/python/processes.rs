@@ -149,6 +149,26 @@ impl PythonProcesses {
         }
     }
 
+    /// Hands the walker the layouts of process `tgid` before sampling
+    /// starts, for whichever incarnation is sampled first (the BPF walker
+    /// takes incarnation 0 as any). Its names are read once its first
+    /// sample announces it under its own incarnation.
+    pub fn preload(&mut self, sampler: &Sampler, tgid: u32, processes: &mut ProcessTable) {
+        let key = ProcessKey::new(tgid, 0);
+        let known = processes.get(key).is_some();
+        if !known {
+            processes.observe(key);
+        }
+        // Counted when the process is announced, not twice.
+        let statuses = self.statuses.clone();
+        self.process_new(sampler, key, processes);
+        self.statuses = statuses;
+        self.walked.remove(&key);
+        if !known {
+            processes.forget(key);
+        }
+    }
+
     /// Reads the process's maps and finds its interpreter, reading files
     /// through the handles the process table holds.
     fn find(&self, key: ProcessKey, processes: &ProcessTable) -> Result<Arc<Interpreter>, DetectError> {

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use taskprof::pprof::proto::{Profile, Sample};
+pub use taskprof::pprof::proto::{Profile, Sample};
 
 pub mod agent_run;
 pub mod fake_kube;
@@ -498,6 +498,14 @@ impl Frame {
     }
 }
 
+/// A frame with its source position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFrame {
+    pub function: String,
+    pub file: String,
+    pub line: i64,
+}
+
 /// One aggregated stack: root→leaf frames and their sample count.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stack {
@@ -612,6 +620,31 @@ impl<'a> ProfileView<'a> {
                 leaf_first.push(Frame {
                     function: self.string(function.name).to_owned(),
                     mapping: mapping.clone(),
+                });
+            }
+        }
+        leaf_first.reverse();
+        leaf_first
+    }
+
+    /// A sample's frames, root to leaf, with each line's function, source
+    /// file and line number (one entry per line of a location).
+    pub fn frames_with_lines(&self, sample: &Sample) -> Vec<SourceFrame> {
+        let mut leaf_first = Vec::new();
+        for id in &sample.location_id {
+            let location = self
+                .locations
+                .get(id)
+                .unwrap_or_else(|| panic!("sample refers to missing location {id}"));
+            for line in &location.line {
+                let function = self
+                    .functions
+                    .get(&line.function_id)
+                    .unwrap_or_else(|| panic!("line refers to missing function {}", line.function_id));
+                leaf_first.push(SourceFrame {
+                    function: self.string(function.name).to_owned(),
+                    file: self.string(function.filename).to_owned(),
+                    line: line.line,
                 });
             }
         }
