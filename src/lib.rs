@@ -26,3 +26,4 @@ mod session;
 pub mod symbolize;
 pub mod unwind;
 mod upload;
+mod util;

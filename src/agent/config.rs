@@ -29,6 +29,7 @@ use crate::cli::{self, AgentArgs};
 use crate::oneshot::config::{check_process, ConfigError};
 use crate::session::SamplingSettings;
 use crate::upload::{Auth, Protocol, Secret, SpoolConfig, UploadConfig};
+use crate::util::secret::{read_secret_file, SecretFileError};
 
 const DEFAULT_FREQUENCY_HZ: u64 = 19;
 const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
@@ -990,19 +991,17 @@ fn check_headers(pairs: Vec<(String, String)>, origin: &Origin) -> Result<Vec<(S
 
 /// Reads a secret from a file, without its trailing newline.
 fn read_secret(key: Key, path: &Sourced<PathBuf>) -> Result<Secret, AgentConfigError> {
-    let text = std::fs::read_to_string(&path.value).map_err(|err| AgentConfigError::Unreadable {
-        field: key.name(&path.origin),
-        path: path.value.clone(),
-        reason: err.to_string(),
-    })?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err(key.invalid(
+    read_secret_file(&path.value).map_err(|err| match err {
+        SecretFileError::Unreadable(err) => AgentConfigError::Unreadable {
+            field: key.name(&path.origin),
+            path: path.value.clone(),
+            reason: err.to_string(),
+        },
+        SecretFileError::Empty => key.invalid(
             &path.origin,
             format!("`{}` is empty; put the secret in it", path.value.display()),
-        ));
-    }
-    Ok(Secret::new(secret))
+        ),
+    })
 }
 
 fn check_readable_file(key: Key, path: &Sourced<PathBuf>) -> Result<(), AgentConfigError> {

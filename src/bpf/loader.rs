@@ -67,32 +67,33 @@ pub enum SamplerError {
         missing: String,
     },
     /// The online CPU list could not be read.
-    #[error("failed to read the online CPUs from /sys/devices/system/cpu/online: {0}")]
+    #[error("failed to read the online CPUs from /sys/devices/system/cpu/online")]
     Cpus(#[source] std::io::Error),
     /// perf_event_open failed.
-    #[error("failed to open a cpu-clock perf event on CPU {cpu}: {source}. {hint}")]
+    // The kernel's error is part of the message, not a source: the hint
+    // must come after it, and the chain would print it a second time.
+    #[error("failed to open a cpu-clock perf event on CPU {cpu}: {error}. {hint}")]
     PerfEvent {
         /// The CPU.
         cpu: u32,
         /// The kernel's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
         /// What to do about it.
         hint: String,
     },
     /// Opening or loading the BPF object failed.
-    #[error("failed to load the BPF sampler: {source}. {hint}{log}")]
+    // As for `PerfEvent`, libbpf's error is in the message, before the hint.
+    #[error("failed to load the BPF sampler: {error}. {hint}{log}")]
     Load {
         /// libbpf's error.
-        #[source]
-        source: libbpf_rs::Error,
+        error: libbpf_rs::Error,
         /// What to do about it.
         hint: String,
         /// The verifier log, when asked for.
         log: String,
     },
     /// Attaching the program to a perf event failed.
-    #[error("failed to attach the BPF sampler to the perf event of CPU {cpu}: {source}")]
+    #[error("failed to attach the BPF sampler to the perf event of CPU {cpu}")]
     Attach {
         /// The CPU.
         cpu: u32,
@@ -101,7 +102,7 @@ pub enum SamplerError {
         source: libbpf_rs::Error,
     },
     /// Attaching a process-lifecycle tracepoint failed.
-    #[error("failed to attach the BPF program `{name}` to its sched tracepoint: {source}")]
+    #[error("failed to attach the BPF program `{name}` to its sched tracepoint")]
     AttachTracepoint {
         /// The program.
         name: String,
@@ -110,7 +111,7 @@ pub enum SamplerError {
         source: libbpf_rs::Error,
     },
     /// A map could not be configured or read.
-    #[error("failed to access BPF map `{map}`: {source}")]
+    #[error("failed to access BPF map `{map}`")]
     Map {
         /// The map's name.
         map: &'static str,
@@ -240,7 +241,11 @@ impl Sampler {
             } else {
                 String::new()
             };
-            SamplerError::Load { source, hint, log }
+            SamplerError::Load {
+                error: source,
+                hint,
+                log,
+            }
         };
 
         // The skeleton borrows its object storage for as long as it lives;
@@ -337,7 +342,11 @@ impl Sampler {
         for cpu in cpus {
             let fd = open_cpu_clock(cpu, config.frequency_hz).map_err(|source| {
                 let hint = perf_event_hint(&source);
-                SamplerError::PerfEvent { cpu, source, hint }
+                SamplerError::PerfEvent {
+                    cpu,
+                    error: source,
+                    hint,
+                }
             })?;
             let link = skel
                 .progs
