@@ -2,12 +2,10 @@
 //! environment variable, YAML file), stops the agent before it samples:
 //! exit code 2, quickly, with a message naming the setting.
 
-mod common;
-
 use std::time::Duration;
 
-use common::agent_run::{AgentCommand, AgentExit};
-use common::scratch_dir;
+use crate::common::agent_run::{AgentCommand, AgentExit};
+use crate::common::scratch_dir;
 
 /// Refusing a configuration needs no BPF and no network.
 const REFUSAL_BUDGET: Duration = Duration::from_secs(5);
@@ -75,8 +73,8 @@ fn an_unreadable_bearer_token_file_is_refused() {
     let missing = spool.path().join("no-such-token");
     assert_refused(
         "unreadable token file",
-        valid(spool.path()).set("--bearer-token-file", common::path_arg(&missing)),
-        &["--bearer-token-file", common::path_arg(&missing)],
+        valid(spool.path()).set("--bearer-token-file", crate::common::path_arg(&missing)),
+        &["--bearer-token-file", crate::common::path_arg(&missing)],
     );
 }
 
@@ -117,7 +115,7 @@ fn a_bad_window_in_the_environment_is_refused() {
     let command = AgentCommand::bare()
         .set_all(&[
             ("--upload-url", "http://127.0.0.1:9"),
-            ("--spool-dir", common::path_arg(spool.path())),
+            ("--spool-dir", crate::common::path_arg(spool.path())),
             ("--metrics-address", "127.0.0.1:0"),
             ("--log-format", "json"),
         ])
@@ -131,11 +129,15 @@ fn an_unknown_key_in_the_config_file_is_refused() {
     let config = spool.path().join("agent.yaml");
     std::fs::write(&config, "upload_url: http://127.0.0.1:9\nfrequncy: 99\n").expect("write the config file");
     let command = AgentCommand::bare().set_all(&[
-        ("--config", common::path_arg(&config)),
-        ("--spool-dir", common::path_arg(spool.path())),
+        ("--config", crate::common::path_arg(&config)),
+        ("--spool-dir", crate::common::path_arg(spool.path())),
         ("--metrics-address", "127.0.0.1:0"),
     ]);
-    assert_refused("unknown YAML key", command, &["frequncy", common::path_arg(&config)]);
+    assert_refused(
+        "unknown YAML key",
+        command,
+        &["frequncy", crate::common::path_arg(&config)],
+    );
 }
 
 #[test]
