@@ -9,6 +9,7 @@ use libbpf_cargo::SkeletonBuilder;
 
 const BPF_SRC: &str = "bpf/profiler.bpf.c";
 const BPF_HEADER: &str = "bpf/profiler.h";
+const BPF_PYTHON: &str = "bpf/python.bpf.h";
 const PROTO: &str = "proto/profile.proto";
 
 fn main() {
@@ -38,7 +39,7 @@ fn main() {
         .compile_fds(fds)
         .unwrap_or_else(|err| panic!("failed to generate code for {PROTO}: {err}"));
 
-    for path in [BPF_SRC, BPF_HEADER, PROTO] {
+    for path in [BPF_SRC, BPF_HEADER, BPF_PYTHON, PROTO] {
         println!("cargo:rerun-if-changed={path}");
     }
 }

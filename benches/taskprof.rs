@@ -272,6 +272,7 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
                 comm: "synthetic".into(),
                 user: Stack::Frames(user),
                 kernel,
+                python: Default::default(),
                 count: 1 + rng.next() % 20,
             }
         })

@@ -665,6 +665,28 @@ static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
 	return save_stack(trace, stacks, gen, STAT_USER_STACK_MAP_FULL);
 }
 
+#include "python.bpf.h"
+
+/* The sampled thread's Python frames as a stack id, or STACK_NONE. */
+static __always_inline __u64 capture_python_stack(void *stacks, __u32 gen, __u32 tgid,
+						  __u32 incarnation)
+{
+	struct stack_trace *trace;
+	__u32 zero = 0;
+	int status;
+
+	status = walk_python(tgid, incarnation);
+	if (status <= 0)
+		return STACK_NONE;
+	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
+	if (!trace)
+		return STACK_ERROR;
+	stat_inc(gen, STAT_PYTHON_WALKED);
+	if (status != PYTHON_COMPLETE)
+		stat_inc(gen, STAT_PYTHON_INCOMPLETE);
+	return save_stack(trace, stacks, gen, STAT_USER_STACK_MAP_FULL);
+}
+
 static __always_inline int record(struct bpf_perf_event_data *ctx,
 				  void *counts, void *stacks, __u32 gen)
 {
@@ -684,6 +706,7 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 	key.incarnation = incarnation_of(key.tgid, gen);
 	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation);
 	key.kernel_stack_id = capture_kernel_stack(ctx, stacks, gen);
+	key.python_stack_id = capture_python_stack(stacks, gen, key.tgid, key.incarnation);
 
 	count = bpf_map_lookup_elem(counts, &key);
 	if (count) {
@@ -728,6 +751,7 @@ static __always_inline void end_incarnation(void)
 		return;
 	/* The mappings are gone or replaced: never unwind with them again. */
 	bpf_map_delete_elem(&unwind_processes, &tgid);
+	bpf_map_delete_elem(&python_processes, &tgid);
 	known = bpf_map_lookup_elem(&known_tgids, &tgid);
 	if (!known)
 		return;

@@ -28,6 +28,9 @@ struct sample_key {
 	__u32 _pad;
 	__u64 user_stack_id;
 	__u64 kernel_stack_id;
+	/* The thread's Python frames (enum python_walk_status in the
+	 * stack's `status`), or STACK_NONE when it runs no Python. */
+	__u64 python_stack_id;
 	char comm[TASKPROF_COMM_LEN];
 };
 
@@ -97,7 +100,11 @@ enum stat_index {
 	STAT_UNWIND_READ_FAILED = 11,
 	STAT_UNWIND_DEPTH = 12,
 	STAT_UNWIND_NOT_LOADED = 13,
-	STAT_MAX = 14,
+	/* Samples of Python threads whose Python frames were walked. */
+	STAT_PYTHON_WALKED = 14,
+	/* Python walks that stopped early (depth, unreadable memory). */
+	STAT_PYTHON_INCOMPLETE = 15,
+	STAT_MAX = 16,
 };
 
 /*
@@ -197,6 +204,76 @@ struct unwind_process {
 	 * it to the time it writes the entry. */
 	__u64 refresh_requested_ns;
 	struct unwind_mapping mappings[TASKPROF_MAX_UNWIND_MAPPINGS];
+};
+
+/*
+ * Python frames. For each CPython process userspace finds the interpreter,
+ * its version and the struct offsets of that version (src/python/), and
+ * writes them into `python_processes`. The sampler then finds the sampled
+ * thread's PyThreadState through the interpreter's pthread TSS key, walks
+ * its frame chain, and stores the frames as a stack in the stacks map: two
+ * slots per frame, the code object's address and the instruction
+ * (PYTHON_INSTR_MASK) with PYTHON_FRAME_ENTRY set on the outermost frame
+ * of each _PyEval_EvalFrameDefault activation, which is how userspace
+ * places the Python frames among the native ones.
+ */
+enum python_limit {
+	/* Frames kept per sample; each takes two slots of a stack_trace. */
+	TASKPROF_MAX_PYTHON_FRAMES = 63,
+	/* An offset the version lacks. */
+	PYTHON_NO_OFFSET = 0xffff,
+	/* glibc: keys below this are in struct pthread's first block. */
+	PYTHON_PTHREAD_KEY_2NDLEVEL = 32,
+	/* FRAME_OWNED_BY_CSTACK (3.12+): the entry shim of an activation. */
+	PYTHON_OWNED_BY_CSTACK = 3,
+};
+
+#define PYTHON_FRAME_ENTRY (1ULL << 63)
+#define PYTHON_INSTR_MASK (~PYTHON_FRAME_ENTRY)
+
+/* How frames are laid out and linked. */
+enum python_frame_layout {
+	/* 3.8-3.10: PyFrameObject via tstate->frame; every frame is its own
+	 * activation; the instruction is the int f_lasti. */
+	PYTHON_LAYOUT_FRAME_OBJECT = 1,
+	/* 3.11: _PyInterpreterFrame via tstate->cframe->current_frame;
+	 * is_entry marks an activation's outermost frame; the instruction is
+	 * the prev_instr pointer. */
+	PYTHON_LAYOUT_ENTRY_FLAG = 2,
+	/* 3.12-3.13: _PyInterpreterFrame; a frame owned by the C stack sits
+	 * below each activation's outermost frame. */
+	PYTHON_LAYOUT_CSTACK_OWNER = 3,
+};
+
+/* How a Python walk ended; the `status` of a Python stack. */
+enum python_walk_status {
+	/* The first frame's f_back / previous was NULL. */
+	PYTHON_COMPLETE = 1,
+	/* TASKPROF_MAX_PYTHON_FRAMES frames were taken. */
+	PYTHON_DEPTH = 2,
+	/* A frame could not be read. */
+	PYTHON_READ_FAILED = 3,
+};
+
+/* What the sampler needs to walk one process's Python frames. */
+struct python_process {
+	__u32 incarnation;
+	__u8 layout;
+	__u8 _pad[3];
+	/* Address of the pthread_key_t under which the interpreter keeps
+	 * each thread's PyThreadState. */
+	__u64 tss_key_address;
+	/* Offsets in PyThreadState and the frame structs, or
+	 * PYTHON_NO_OFFSET. With `cframe_current_frame` set, tstate_frame
+	 * leads to a _PyCFrame whose current_frame is the frame. */
+	__u16 tstate_frame;
+	__u16 cframe_current_frame;
+	__u16 frame_back;
+	__u16 frame_code;
+	__u16 frame_instr;
+	/* is_entry (3.11) or owner (3.12+). */
+	__u16 frame_entry;
+	__u16 _pad2[2];
 };
 
 #endif /* TASKPROF_PROFILER_H */

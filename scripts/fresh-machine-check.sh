@@ -14,7 +14,10 @@
 #   ~/.cargo/bin are bind-mounted read-only. Crates are downloaded inside.
 # - This machine's network settings are carried in, as a user's machine has
 #   its own: DNS (/etc/resolv.conf), the CA bundle (/etc/ssl/certs/
-#   ca-certificates.crt, where a proxy re-signs TLS), /etc/pip.conf, and the
+#   ca-certificates.crt, where a proxy re-signs TLS) and the local CAs it
+#   is made from (/usr/local/share/ca-certificates, so that a bundle
+#   regenerated when the ca-certificates package is installed keeps
+#   them), /etc/pip.conf, and the
 #   proxy and CA-bundle variables (*_proxy, SSL_CERT_FILE, CURL_CA_BUNDLE,
 #   PIP_CERT, ...). Nothing else from the host is.
 # - The root is bind-mounted onto itself, as a machine's / is a mount
@@ -97,7 +100,13 @@ if [[ -s /etc/ssl/certs/ca-certificates.crt ]]; then
     mkdir -p "$root/etc/ssl/certs"
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 fi
-[[ -f /etc/pip.conf ]] && cp /etc/pip.conf "$root/etc/pip.conf"
+if [[ -d /usr/local/share/ca-certificates ]]; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp -r /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/"
+fi
+if [[ -f /etc/pip.conf ]]; then
+    cp /etc/pip.conf "$root/etc/pip.conf"
+fi
 network_env=()
 while IFS= read -r name; do
     network_env+=("$name=${!name}")

@@ -19,7 +19,9 @@ if [[ "${1:-}" == "--test" ]]; then
     # python3, python3-venv: scripts/validate-manifests.sh installs its
     #   pinned validator and kubectl from PyPI into a venv.
     # util-linux (unshare, setpriv): the capability tests confine the agent.
-    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux)
+    # python3-dev: the headers of /usr/bin/python3, against which
+    #   tests/python_offsets.rs checks the CPython offset table.
+    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
 fi
 
 missing=()

@@ -22,6 +22,7 @@ pub mod kubernetes;
 pub mod oneshot;
 pub mod pprof;
 pub mod process;
+pub mod python;
 mod session;
 pub mod symbolize;
 pub mod unwind;

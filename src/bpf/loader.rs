@@ -14,7 +14,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, Rin
 use super::perf_events::{online_cpus, open_cpu_clock};
 use super::skel::{ProfilerSkel, ProfilerSkelBuilder};
 use super::stacks::StackReader;
-use super::{types, RawSample, SampleStats};
+use super::{types, PythonStack, RawSample, SampleStats};
 
 /// What the sampler samples and how its maps are sized.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,19 @@ pub struct SamplerConfig {
     pub verifier_log: bool,
     /// Walk user stacks with unwind tables (else frame pointers only).
     pub table_unwind: bool,
+    /// Where the Python walker finds a thread's `struct pthread` and its
+    /// thread-specific values: (offset of the fs base in `task_struct`,
+    /// offset of glibc's first block of values). None turns it off.
+    pub python: Option<PythonWalkOffsets>,
+}
+
+/// The kernel's and glibc's offsets the Python walker needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PythonWalkOffsets {
+    /// `task_struct.thread.fsbase`.
+    pub task_fsbase: u32,
+    /// `struct pthread`'s `specific_1stblock`.
+    pub pthread_specific: u32,
 }
 
 impl SamplerConfig {
@@ -39,8 +52,8 @@ impl SamplerConfig {
     /// allocate on use, so a generous bound costs no memory up front.
     pub fn sized_for(frequency_hz: u64, seconds: u64, cpus: u64) -> SamplerConfig {
         let max_samples = frequency_hz.saturating_mul(seconds.max(1)).saturating_mul(cpus.max(1));
-        // Each sample stores at most a user and a kernel stack.
-        let stack_entries = max_samples.saturating_mul(2).clamp(8192, 1 << 20);
+        // Each sample stores at most a user, a kernel and a Python stack.
+        let stack_entries = max_samples.saturating_mul(3).clamp(8192, 1 << 20);
         let counts_entries = max_samples.clamp(4096, 1 << 20);
         SamplerConfig {
             frequency_hz,
@@ -49,6 +62,7 @@ impl SamplerConfig {
             counts_map_entries: counts_entries as u32,
             verifier_log: false,
             table_unwind: true,
+            python: None,
         }
     }
 }
@@ -269,6 +283,10 @@ impl Sampler {
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.filter_tgids = !config.tgids.is_empty();
             rodata.table_unwind = config.table_unwind;
+            if let Some(python) = config.python {
+                rodata.task_fsbase_offset = python.task_fsbase;
+                rodata.pthread_specific_offset = python.pthread_specific;
+            }
         }
         let load_started = std::time::Instant::now();
         let skel = open.load().map_err(load_error)?;
@@ -364,6 +382,10 @@ impl Sampler {
 
     pub(super) fn unwind_tables_map(&self) -> &libbpf_rs::Map<'static> {
         &self.skel.maps.unwind_tables
+    }
+
+    pub(super) fn python_processes_map(&self) -> &libbpf_rs::Map<'static> {
+        &self.skel.maps.python_processes
     }
 
     pub(super) fn unwind_processes_map(&self) -> &libbpf_rs::Map<'static> {
@@ -482,6 +504,35 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// The Python stacks of the window in progress that `seen` does not
+    /// hold yet, as (tgid, incarnation, frames); each is added to `seen`.
+    /// Python frames are named from the process's memory, so they are
+    /// looked at while the window runs, before their process can exit.
+    pub fn new_python_stacks(&self, seen: &mut rustc_hash::FxHashSet<(u32, u32, u64)>) -> Vec<(u32, u32, PythonStack)> {
+        let (counts, stacks) = match self.generation {
+            0 => (&self.skel.maps.counts0, &self.skel.maps.stacks0),
+            _ => (&self.skel.maps.counts1, &self.skel.maps.stacks1),
+        };
+        let stacks = StackReader::new(stacks);
+        let mut found = Vec::new();
+        for key_bytes in counts.keys() {
+            if key_bytes.len() < std::mem::size_of::<types::sample_key>() {
+                continue;
+            }
+            // SAFETY: as in read_samples.
+            let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+            if key.python_stack_id < types::stack_status::STACK_ID_MIN.0 as u64
+                || !seen.insert((key.tgid, key.incarnation, key.python_stack_id))
+            {
+                continue;
+            }
+            found.push((key.tgid, key.incarnation, stacks.python(&key)));
+        }
+        found
+    }
+}
+
 /// A numeric field (`name` with its colon) of the kernel's fdinfo for the
 /// sampling program: run statistics, instructions verified.
 fn program_info(skel: &ProfilerSkel<'static>, name: &str) -> Option<u64> {
@@ -570,6 +621,7 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
             comm: String::from_utf8_lossy(&comm_bytes).into_owned(),
             user: stacks.user(&key),
             kernel: stacks.kernel(&key),
+            python: stacks.python(&key),
             count: u64::from_ne_bytes(value[..8].try_into().unwrap_or([0; 8])),
         });
     }

@@ -5,6 +5,7 @@
 
 mod loader;
 mod perf_events;
+mod python;
 mod stacks;
 mod unwind_maps;
 
@@ -13,8 +14,9 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
 }
 
-pub use loader::{ProcessEvent, Sampler, SamplerConfig, SamplerError, Window};
-pub use stacks::{Stack, StackLoss, Truncation};
+pub use loader::{ProcessEvent, PythonWalkOffsets, Sampler, SamplerConfig, SamplerError, Window};
+pub use python::{pthread_specific_offset, task_fsbase_offset, PythonWalk};
+pub use stacks::{PythonFrame, PythonStack, PythonStop, Stack, StackLoss, Truncation};
 
 use skel::types;
 
@@ -120,6 +122,8 @@ pub struct RawSample {
     pub user: Stack,
     /// Kernel stack, leaf first.
     pub kernel: Stack,
+    /// Python frames, newest first.
+    pub python: PythonStack,
     /// How many samples fell into this bucket.
     pub count: u64,
 }

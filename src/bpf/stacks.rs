@@ -7,6 +7,11 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::types;
 
+/// The flag on an instruction slot marking an activation's outermost frame
+/// (PYTHON_FRAME_ENTRY in bpf/profiler.h, a macro the skeleton cannot carry).
+const PYTHON_FRAME_ENTRY: u64 = 1 << 63;
+const PYTHON_INSTR_MASK: u64 = !PYTHON_FRAME_ENTRY;
+
 /// Why a stack is missing from a sample that was otherwise kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StackLoss {
@@ -119,6 +124,50 @@ impl Stack {
     }
 }
 
+/// One Python frame as the walker recorded it: enough for userspace to
+/// name it from the process's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PythonFrame {
+    /// Address of the frame's code object.
+    pub code: u64,
+    /// Where the frame is in its code: `f_lasti` (3.8-3.10) or the
+    /// instruction pointer (3.11+).
+    pub instruction: u64,
+    /// The outermost frame of its `_PyEval_EvalFrameDefault` activation.
+    pub entry: bool,
+}
+
+/// Why the Python walk stopped before the thread's first frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PythonStop {
+    /// More frames than the walker keeps.
+    DepthLimit,
+    /// A frame could not be read.
+    ReadFailed,
+}
+
+impl PythonStop {
+    /// The synthetic outermost Python frame shown in profiles.
+    pub fn frame_name(self) -> &'static str {
+        match self {
+            PythonStop::DepthLimit => "[python: depth limit]",
+            PythonStop::ReadFailed => "[python: frame unreadable]",
+        }
+    }
+}
+
+/// A sampled thread's Python frames, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum PythonStack {
+    /// The thread ran no Python, or its process is not walked.
+    #[default]
+    None,
+    /// The frames, and why the walk stopped early if it did.
+    Frames(Vec<PythonFrame>, Option<PythonStop>),
+    /// The sample is kept but its Python frames are missing.
+    Lost(StackLoss),
+}
+
 /// Reads stacks that the BPF program stored in its stack-trace map.
 pub(super) struct StackReader<'a> {
     map: &'a libbpf_rs::Map<'a>,
@@ -139,12 +188,53 @@ impl<'a> StackReader<'a> {
         self.read(key.kernel_stack_id)
     }
 
+    /// The Python frames of a sample.
+    pub(super) fn python(&self, key: &types::sample_key) -> PythonStack {
+        let (slots, status) = match self.read_raw(key.python_stack_id) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return PythonStack::None,
+            Err(loss) => return PythonStack::Lost(loss),
+        };
+        let frames: Vec<PythonFrame> = slots
+            .chunks_exact(2)
+            .map(|pair| PythonFrame {
+                code: pair[0],
+                instruction: pair[1] & PYTHON_INSTR_MASK,
+                entry: pair[1] & PYTHON_FRAME_ENTRY != 0,
+            })
+            .collect();
+        if frames.is_empty() {
+            return PythonStack::None;
+        }
+        let stop = match types::python_walk_status(status) {
+            types::python_walk_status::PYTHON_COMPLETE => None,
+            types::python_walk_status::PYTHON_DEPTH => Some(PythonStop::DepthLimit),
+            _ => Some(PythonStop::ReadFailed),
+        };
+        PythonStack::Frames(frames, stop)
+    }
+
     fn read(&self, id: u64) -> Stack {
+        let (slots, status) = match self.read_raw(id) {
+            Ok(Some(raw)) => raw,
+            Ok(None) => return Stack::Empty,
+            Err(loss) => return Stack::Lost(loss),
+        };
+        let frames: Vec<u64> = slots.into_iter().take_while(|&ip| ip != 0).collect();
+        match Truncation::from_status(status) {
+            _ if frames.is_empty() => Stack::Empty,
+            Some(reason) => Stack::Truncated(frames, reason),
+            None => Stack::Frames(frames),
+        }
+    }
+
+    /// A stored stack's slots and status; None for STACK_NONE.
+    fn read_raw(&self, id: u64) -> Result<Option<(Vec<u64>, u32)>, StackLoss> {
         if id < types::stack_status::STACK_ID_MIN.0 as u64 {
             return match types::stack_status(id as u32) {
-                types::stack_status::STACK_NONE => Stack::Empty,
-                types::stack_status::STACK_MAP_FULL => Stack::Lost(StackLoss::MapFull),
-                _ => Stack::Lost(StackLoss::Error),
+                types::stack_status::STACK_NONE => Ok(None),
+                types::stack_status::STACK_MAP_FULL => Err(StackLoss::MapFull),
+                _ => Err(StackLoss::Error),
             };
         }
         match self.map.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
@@ -153,14 +243,9 @@ impl<'a> StackReader<'a> {
                 // checked by the guard), plain integers valid for any bits.
                 let trace: types::stack_trace = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
                 let len = (trace.len as usize).min(trace.ips.len());
-                let frames: Vec<u64> = trace.ips[..len].iter().copied().take_while(|&ip| ip != 0).collect();
-                match Truncation::from_status(trace.status) {
-                    _ if frames.is_empty() => Stack::Empty,
-                    Some(reason) => Stack::Truncated(frames, reason),
-                    None => Stack::Frames(frames),
-                }
+                Ok(Some((trace.ips[..len].to_vec(), trace.status)))
             }
-            _ => Stack::Lost(StackLoss::Error),
+            _ => Err(StackLoss::Error),
         }
     }
 }

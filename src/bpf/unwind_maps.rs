@@ -52,7 +52,7 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The bytes of a plain-old-data value.
-fn as_bytes<T: Copy>(value: &T) -> &[u8] {
+pub(super) fn as_bytes<T: Copy>(value: &T) -> &[u8] {
     // SAFETY: only used with the skeleton's `repr(C)` integer structs,
     // which have no padding bytes the kernel would read uninitialised
     // (profiler.h lays them out with explicit padding fields).
