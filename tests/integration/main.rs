@@ -22,3 +22,4 @@ mod profile_pprof_tool;
 mod profile_signals;
 mod profile_stacks;
 mod profile_unwind;
+mod python_offsets;
