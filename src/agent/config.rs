@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
-use crate::kubernetes::LabelSelector;
+use crate::kubernetes::{KubeConfig, LabelSelector};
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -109,6 +109,9 @@ pub struct KubernetesSettings {
     pub pod_labels: Vec<String>,
     /// Where `PID/cgroup` files are read from.
     pub cgroup_proc_root: PathBuf,
+    /// How to reach the API server (in-cluster defaults, each overridable),
+    /// when `enabled`.
+    pub connection: Option<KubeConfig>,
 }
 
 /// A usage error in the agent's configuration (exit code 2). Each message
@@ -267,6 +270,10 @@ impl AgentConfig {
             },
         };
         let labels = sources.labels(identity.label, file.labels)?;
+        let mut kubernetes = kubernetes;
+        if kubernetes.enabled {
+            kubernetes.connection = Some(sources.kube_connection(&kubernetes, &node_name)?);
+        }
 
         let pids = match sources.list(PID, pid, file.pids, cli::parse_pid)? {
             Some(list) => {
@@ -658,7 +665,49 @@ impl Sources<'_> {
             service_name_label,
             pod_labels,
             cgroup_proc_root,
+            connection: None,
         })
+    }
+
+    /// The API server connection of `--kubernetes`: the in-cluster
+    /// defaults, each overridable. Checked now, like every other setting,
+    /// so that a bad one stops the agent before anything binds or loads.
+    fn kube_connection(&self, kube: &KubernetesSettings, node_name: &str) -> Result<KubeConfig, AgentConfigError> {
+        let invalid = |field: &str, reason: String| AgentConfigError::Invalid {
+            field: field.to_string(),
+            reason,
+        };
+        let mut config = match &kube.api_url {
+            Some(url) => KubeConfig {
+                api_url: url.clone(),
+                token_path: Path::new(crate::kubernetes::SERVICE_ACCOUNT_DIR).join("token"),
+                ca_path: None,
+                node_name: node_name.to_string(),
+                insecure_skip_verify: false,
+            },
+            None => KubeConfig::in_cluster(&|name| self.env_var(name), node_name)
+                .map_err(|err| invalid("--kubernetes", err.to_string()))?,
+        };
+        if let Some(token) = &kube.token_file {
+            config.token_path = token.clone();
+        }
+        if let Some(ca) = &kube.ca_file {
+            config.ca_path = Some(ca.clone());
+        }
+        if let Some(ca) = &config.ca_path {
+            let field = if kube.ca_file.is_some() {
+                "--kubernetes-ca-file"
+            } else {
+                "--kubernetes"
+            };
+            crate::upload::read_ca_certificates(ca).map_err(|reason| {
+                invalid(
+                    field,
+                    format!("failed to load the CA certificates from `{}`: {reason}", ca.display()),
+                )
+            })?;
+        }
+        Ok(config)
     }
 
     fn upload(&self, up: cli::UploadArgs, file: &mut FileSettings) -> Result<UploadConfig, AgentConfigError> {

@@ -309,11 +309,7 @@ impl Sampler {
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&skel.maps.process_events, move |bytes: &[u8]| {
-                if bytes.len() >= std::mem::size_of::<types::process_event>() {
-                    // SAFETY: the ring holds `struct process_event` records
-                    // (checked length above); it is plain integers, so any
-                    // bit pattern is valid, and read_unaligned needs no alignment.
-                    let event: types::process_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                if let Some(event) = super::abi::read::<types::process_event>(bytes) {
                     let (tgid, incarnation) = (event.tgid, event.incarnation);
                     let event = match types::process_event_kind(event.kind) {
                         types::process_event_kind::PROCESS_NEW => ProcessEvent::New { tgid, incarnation },
@@ -517,11 +513,9 @@ impl Sampler {
         let stacks = StackReader::new(stacks);
         let mut found = Vec::new();
         for key_bytes in counts.keys() {
-            if key_bytes.len() < std::mem::size_of::<types::sample_key>() {
+            let Some(key) = super::abi::read::<types::sample_key>(&key_bytes) else {
                 continue;
-            }
-            // SAFETY: as in read_samples.
-            let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+            };
             if key.python_stack_id < types::stack_status::STACK_ID_MIN.0 as u64
                 || !seen.insert((key.tgid, key.incarnation, key.python_stack_id))
             {
@@ -606,13 +600,12 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
         else {
             continue;
         };
-        if key_bytes.len() < std::mem::size_of::<types::sample_key>() || value.len() < 8 {
+        let Some(key) = super::abi::read::<types::sample_key>(&key_bytes) else {
+            continue;
+        };
+        if value.len() < 8 {
             continue;
         }
-        // SAFETY: keys of `counts` are `struct sample_key` (length
-        // checked above), made only of integers, so every bit pattern
-        // is valid; read_unaligned imposes no alignment.
-        let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
         let comm_bytes: Vec<u8> = key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
         samples.push(RawSample {
             tgid: key.tgid,
