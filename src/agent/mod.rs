@@ -9,6 +9,7 @@ mod containers;
 mod endpoint;
 pub mod logging;
 pub(crate) mod metrics;
+pub mod settings;
 mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
