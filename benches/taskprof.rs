@@ -42,8 +42,10 @@ use taskprof::symbolize::Symbolizer;
 use taskprof::unwind::manager::{read_unwind_file, UnwindManager, ROW_BYTES};
 use taskprof::unwind::table::build_table;
 
-// The integration tests' fixtures, workloads and stack readers.
-#[path = "../tests/common/mod.rs"]
+// The integration tests' fixtures, workloads and stack readers; the bench
+// uses only a few of them.
+#[path = "../tests/integration/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
 const PROCESSES: usize = 200;

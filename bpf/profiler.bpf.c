@@ -371,7 +371,7 @@ static __always_inline struct unwind_mapping *find_mapping(struct unwind_process
 
 	if (hi > TASKPROF_MAX_UNWIND_MAPPINGS)
 		return NULL;
-	for (int i = 0; i < 9; i++) {
+	for (int i = 0; i < TASKPROF_MAPPING_SEARCH_STEPS; i++) {
 		if (lo >= hi)
 			break;
 		mid = (lo + (hi - lo) / 2) & (TASKPROF_MAX_UNWIND_MAPPINGS - 1);
@@ -412,7 +412,7 @@ static __always_inline struct unwind_row *find_row(struct unwind_walk *walk, __u
 	rows = bpf_map_lookup_elem(&unwind_tables, &table_id);
 	if (!rows)
 		return NULL;
-	for (int i = 0; i < 24; i++) {
+	for (int i = 0; i < TASKPROF_ROW_SEARCH_STEPS; i++) {
 		if (lo >= hi)
 			break;
 		mid = lo + (hi - lo) / 2;
@@ -540,9 +540,10 @@ __attribute__((noinline)) int unwind_frame(__u32 tgid, __u32 gen, __u32 has_proc
 		break;
 	case CFA_SIGNAL:
 		/* The kernel's ucontext at rsp holds the interrupted registers
-		 * (uc_mcontext.gregs: rbp at 120, rsp at 160, rip at 168). */
-		if (read_user_u64(&ra, walk->sp + 168) || read_user_u64(&bp, walk->sp + 120) ||
-		    read_user_u64(&cfa, walk->sp + 160))
+		 * (uc_mcontext.gregs: enum unwind_limit's TASKPROF_UCONTEXT_*). */
+		if (read_user_u64(&ra, walk->sp + TASKPROF_UCONTEXT_RIP) ||
+		    read_user_u64(&bp, walk->sp + TASKPROF_UCONTEXT_RBP) ||
+		    read_user_u64(&cfa, walk->sp + TASKPROF_UCONTEXT_RSP))
 			return stop_walk(walk, UNWIND_READ_FAILED);
 		/* The interrupted ip is not a return address. */
 		return step_to_caller(walk, ra, cfa, bp, 0, UNWIND_COMPLETE);
@@ -599,10 +600,15 @@ static __always_inline __u32 unwind_stat(__u32 status)
 
 /*
  * Walks the current task's user stack into the per-CPU `stack_scratch`
- * and returns how the walk ended (enum unwind_status), or -1 when there is
- * no user stack (kernel threads) and -2 on error. A global function, so the
+ * and returns how the walk ended (enum unwind_status), or
+ * UNWIND_WALK_NO_USER_STACK (kernel threads) or UNWIND_WALK_ERROR. A global function, so the
  * verifier checks it once rather than once per generation.
  */
+enum unwind_walk_error {
+	UNWIND_WALK_NO_USER_STACK = -1,
+	UNWIND_WALK_ERROR = -2,
+};
+
 __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx, __u32 tgid,
 						__u32 incarnation, __u32 gen)
 {
@@ -615,9 +621,9 @@ __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx,
 	state = bpf_map_lookup_elem(&unwind_scratch, &zero);
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (!ctx || !state || !trace)
-		return -2;
+		return UNWIND_WALK_ERROR;
 	if (!user_regs(ctx, state))
-		return -1;
+		return UNWIND_WALK_NO_USER_STACK;
 	state->status = UNWIND_DEPTH;
 	state->adjust = 0;
 	state->pending = 0;
@@ -654,7 +660,7 @@ static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
 		return store_stack(ctx, stacks, gen, BPF_F_USER_STACK,
 				   STAT_USER_STACK_MAP_FULL, STAT_USER_STACK_ERROR);
 	status = unwind_user_stack(ctx, tgid, incarnation, gen);
-	if (status == -1)
+	if (status == UNWIND_WALK_NO_USER_STACK)
 		return STACK_NONE;
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
 	if (status < 0 || !trace) {

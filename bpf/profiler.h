@@ -144,6 +144,20 @@ enum unwind_limit {
 	TASKPROF_UNWIND_NO_TABLE = 0xffffffff,
 	/* table_id of a mapping whose table is still being built. */
 	TASKPROF_UNWIND_PENDING = 0xfffffffe,
+	/* Binary-search steps over a process's mappings: enough for
+	 * TASKPROF_MAX_UNWIND_MAPPINGS (log2(256) + 1). */
+	TASKPROF_MAPPING_SEARCH_STEPS = 9,
+	/* Binary-search steps over a table's rows: a table holds at most
+	 * 2^24 - 1 rows. */
+	TASKPROF_ROW_SEARCH_STEPS = 24,
+	/* The incarnation that matches any process: tables loaded before
+	 * sampling starts. The program numbers incarnations from 1. */
+	TASKPROF_PRELOADED_INCARNATION = 0,
+	/* Offsets in the x86_64 ucontext_t (uc_mcontext.gregs at 40) of the
+	 * registers glibc's signal trampoline saved. */
+	TASKPROF_UCONTEXT_RBP = 120,
+	TASKPROF_UCONTEXT_RSP = 160,
+	TASKPROF_UCONTEXT_RIP = 168,
 };
 
 /* How to compute the canonical frame address (CFA). */

@@ -15,6 +15,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::logging::LogFormat;
+use crate::agent::settings;
 use crate::upload::Protocol;
 
 /// taskprof: a CPU profiler for Linux built on BPF.
@@ -142,42 +143,36 @@ over the file, which wins over the defaults.";
 /// `crate::agent::config` after all three have been consulted.
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// YAML file with settings; its keys are the flag names in snake case.
-    /// [env: TASKPROF_CONFIG]
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::CONFIG`].
+    #[arg(long = settings::CONFIG.flag, value_name = "FILE", help = settings::CONFIG.help_text())]
     pub config: Option<PathBuf>,
 
-    /// Samples per second on each CPU, 1 to 10000. [default: 19]
-    #[arg(short = 'F', long, value_name = "HZ", value_parser = parse_frequency)]
+    /// See [`settings::FREQUENCY`].
+    #[arg(short = 'F', long = settings::FREQUENCY.flag, value_name = "HZ", value_parser = parse_frequency, help = settings::FREQUENCY.help_text())]
     pub frequency: Option<u64>,
 
-    /// How much time each uploaded profile covers, at least 1s. [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_window)]
+    /// See [`settings::WINDOW`].
+    #[arg(long = settings::WINDOW.flag, value_name = "DURATION", value_parser = parse_window, help = settings::WINDOW.help_text())]
     pub window: Option<Duration>,
 
-    /// Only sample this process (repeatable). Default: every process.
-    #[arg(short, long = "pid", value_name = "PID")]
+    /// See [`settings::PID`].
+    #[arg(short, long = settings::PID.flag, value_name = "PID", help = settings::PID.help_text())]
     pub pid: Vec<u32>,
 
-    /// Print libbpf's and the verifier's log when the BPF program fails to load.
-    #[arg(long)]
+    /// See [`settings::VERIFIER_LOG`].
+    #[arg(long = settings::VERIFIER_LOG.flag, help = settings::VERIFIER_LOG.help_text())]
     pub verifier_log: bool,
 
-    /// Also read DWARF debug info, for file names, line numbers and inlined
-    /// frames. Off by default: function names come from symbol tables, and
-    /// DWARF costs memory in proportion to the profiled binaries' debug info.
-    #[arg(long)]
+    /// See [`settings::DEBUG_INFO`].
+    #[arg(long = settings::DEBUG_INFO.flag, help = settings::DEBUG_INFO.help_text())]
     pub debug_info: bool,
 
-    /// How to walk user stacks: `dwarf` (.eh_frame unwind tables, for code
-    /// built without frame pointers) or `fp` (frame pointers only).
-    /// [default: dwarf]
-    #[arg(long, value_name = "UNWINDER", value_parser = parse_unwind)]
+    /// See [`settings::UNWIND`].
+    #[arg(long = settings::UNWIND.flag, value_name = "UNWINDER", value_parser = parse_unwind, help = settings::UNWIND.help_text())]
     pub unwind: Option<UnwindArg>,
 
-    /// Kernel memory for unwind tables; tables that do not fit are counted
-    /// and their code falls back to frame pointers. [default: 64MiB]
-    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    /// See [`settings::UNWIND_TABLE_MEMORY`].
+    #[arg(long = settings::UNWIND_TABLE_MEMORY.flag, value_name = "BYTES", value_parser = parse_byte_size, help = settings::UNWIND_TABLE_MEMORY.help_text())]
     pub unwind_table_memory: Option<u64>,
 
     /// Kubernetes metadata and filters.
@@ -205,47 +200,44 @@ pub struct AgentArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Upload")]
 pub struct UploadArgs {
-    /// Backend base URL, e.g. http://pyroscope:4040; for the file protocol,
-    /// a directory or a file:// URL. Required.
-    #[arg(long, value_name = "URL")]
+    /// See [`settings::UPLOAD_URL`].
+    #[arg(long = settings::UPLOAD_URL.flag, value_name = "URL", help = settings::UPLOAD_URL.help_text())]
     pub upload_url: Option<String>,
 
-    /// Backend protocol: pyroscope, parca or file. [default: pyroscope]
-    #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
+    /// See [`settings::UPLOAD_PROTOCOL`].
+    #[arg(long = settings::UPLOAD_PROTOCOL.flag, value_name = "PROTOCOL", value_parser = parse_protocol, help = settings::UPLOAD_PROTOCOL.help_text())]
     pub upload_protocol: Option<Protocol>,
 
-    /// Timeout of each upload request. [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// See [`settings::UPLOAD_TIMEOUT`].
+    #[arg(long = settings::UPLOAD_TIMEOUT.flag, value_name = "DURATION", value_parser = parse_duration, help = settings::UPLOAD_TIMEOUT.help_text())]
     pub upload_timeout: Option<Duration>,
 
-    /// Upload requests in flight at once, 1 to 64. [default: 4]
-    #[arg(long, value_name = "N", value_parser = parse_upload_concurrency)]
+    /// See [`settings::UPLOAD_CONCURRENCY`].
+    #[arg(long = settings::UPLOAD_CONCURRENCY.flag, value_name = "N", value_parser = parse_upload_concurrency, help = settings::UPLOAD_CONCURRENCY.help_text())]
     pub upload_concurrency: Option<usize>,
 
-    /// File holding a bearer token, sent as `Authorization: Bearer`.
-    /// Read once at start-up.
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::BEARER_TOKEN_FILE`].
+    #[arg(long = settings::BEARER_TOKEN_FILE.flag, value_name = "FILE", help = settings::BEARER_TOKEN_FILE.help_text())]
     pub bearer_token_file: Option<PathBuf>,
 
-    /// User name for HTTP basic auth; needs --basic-auth-password-file.
-    #[arg(long, value_name = "USER")]
+    /// See [`settings::BASIC_AUTH_USER`].
+    #[arg(long = settings::BASIC_AUTH_USER.flag, value_name = "USER", help = settings::BASIC_AUTH_USER.help_text())]
     pub basic_auth_user: Option<String>,
 
-    /// File holding the password for HTTP basic auth. Read once at start-up.
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::BASIC_AUTH_PASSWORD_FILE`].
+    #[arg(long = settings::BASIC_AUTH_PASSWORD_FILE.flag, value_name = "FILE", help = settings::BASIC_AUTH_PASSWORD_FILE.help_text())]
     pub basic_auth_password_file: Option<PathBuf>,
 
-    /// Extra header on every request, `Name: value` (repeatable), e.g.
-    /// `X-Scope-OrgID: tenant1`. Values are treated as secrets.
-    #[arg(long = "header", value_name = "NAME:VALUE")]
+    /// See [`settings::HEADER`].
+    #[arg(long = settings::HEADER.flag, value_name = "NAME:VALUE", help = settings::HEADER.help_text())]
     pub header: Vec<String>,
 
-    /// PEM file of CA certificates to trust besides the system's.
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::TLS_CA_FILE`].
+    #[arg(long = settings::TLS_CA_FILE.flag, value_name = "FILE", help = settings::TLS_CA_FILE.help_text())]
     pub tls_ca_file: Option<PathBuf>,
 
-    /// Accept any server certificate. Insecure: for testing only.
-    #[arg(long)]
+    /// See [`settings::TLS_INSECURE_SKIP_VERIFY`].
+    #[arg(long = settings::TLS_INSECURE_SKIP_VERIFY.flag, help = settings::TLS_INSECURE_SKIP_VERIFY.help_text())]
     pub tls_insecure_skip_verify: bool,
 }
 
@@ -253,23 +245,20 @@ pub struct UploadArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Delivery")]
 pub struct DeliveryArgs {
-    /// Directory keeping profiles the backend did not take yet.
-    /// [default: /var/lib/taskprof/spool]
-    #[arg(long, value_name = "DIR")]
+    /// See [`settings::SPOOL_DIR`].
+    #[arg(long = settings::SPOOL_DIR.flag, value_name = "DIR", help = settings::SPOOL_DIR.help_text())]
     pub spool_dir: Option<PathBuf>,
 
-    /// Bound on the spool's size: bytes, or with a suffix such as 256Mi or
-    /// 1Gi. [default: 256Mi]
-    #[arg(long, value_name = "BYTES", value_parser = parse_byte_size)]
+    /// See [`settings::SPOOL_MAX_BYTES`].
+    #[arg(long = settings::SPOOL_MAX_BYTES.flag, value_name = "BYTES", value_parser = parse_byte_size, help = settings::SPOOL_MAX_BYTES.help_text())]
     pub spool_max_bytes: Option<u64>,
 
-    /// Windows waiting for upload before new ones go to the spool. [default: 16]
-    #[arg(long, value_name = "N", value_parser = parse_queue_capacity)]
+    /// See [`settings::QUEUE_CAPACITY`].
+    #[arg(long = settings::QUEUE_CAPACITY.flag, value_name = "N", value_parser = parse_queue_capacity, help = settings::QUEUE_CAPACITY.help_text())]
     pub queue_capacity: Option<usize>,
 
-    /// How long to keep uploading after SIGTERM before spooling the rest.
-    /// [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_grace)]
+    /// See [`settings::SHUTDOWN_GRACE`].
+    #[arg(long = settings::SHUTDOWN_GRACE.flag, value_name = "DURATION", value_parser = parse_grace, help = settings::SHUTDOWN_GRACE.help_text())]
     pub shutdown_grace: Option<Duration>,
 }
 
@@ -277,16 +266,16 @@ pub struct DeliveryArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Labels")]
 pub struct IdentityArgs {
-    /// The `service_name` of every profile. Default: each process's name.
-    #[arg(long, value_name = "NAME")]
+    /// See [`settings::SERVICE_NAME`].
+    #[arg(long = settings::SERVICE_NAME.flag, value_name = "NAME", help = settings::SERVICE_NAME.help_text())]
     pub service_name: Option<String>,
 
-    /// The `node` label. Default: $NODE_NAME, else the host name.
-    #[arg(long, value_name = "NAME")]
+    /// See [`settings::NODE_NAME`].
+    #[arg(long = settings::NODE_NAME.flag, value_name = "NAME", help = settings::NODE_NAME.help_text())]
     pub node_name: Option<String>,
 
-    /// Extra label on every profile, `name=value` (repeatable).
-    #[arg(long = "label", value_name = "NAME=VALUE", value_parser = parse_label)]
+    /// See [`settings::LABEL`].
+    #[arg(long = settings::LABEL.flag, value_name = "NAME=VALUE", value_parser = parse_label, help = settings::LABEL.help_text())]
     pub label: Vec<(String, String)>,
 }
 
@@ -294,49 +283,48 @@ pub struct IdentityArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Kubernetes")]
 pub struct KubernetesArgs {
-    /// Label profiles with their pod's namespace, pod and container, from the
-    /// API server (in-cluster service account; pods on --node-name only).
-    #[arg(long)]
+    /// See [`settings::KUBERNETES`].
+    #[arg(long = settings::KUBERNETES.flag, help = settings::KUBERNETES.help_text())]
     pub kubernetes: bool,
 
-    /// API server URL. Default: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT.
-    #[arg(long, value_name = "URL", value_parser = parse_http_url)]
+    /// See [`settings::KUBERNETES_API_URL`].
+    #[arg(long = settings::KUBERNETES_API_URL.flag, value_name = "URL", value_parser = parse_http_url, help = settings::KUBERNETES_API_URL.help_text())]
     pub kubernetes_api_url: Option<url::Url>,
 
-    /// Service account token, re-read on every connection. Default: the in-cluster token.
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::KUBERNETES_TOKEN_FILE`].
+    #[arg(long = settings::KUBERNETES_TOKEN_FILE.flag, value_name = "FILE", help = settings::KUBERNETES_TOKEN_FILE.help_text())]
     pub kubernetes_token_file: Option<PathBuf>,
 
-    /// CA bundle of the API server. Default: the in-cluster ca.crt.
-    #[arg(long, value_name = "FILE")]
+    /// See [`settings::KUBERNETES_CA_FILE`].
+    #[arg(long = settings::KUBERNETES_CA_FILE.flag, value_name = "FILE", help = settings::KUBERNETES_CA_FILE.help_text())]
     pub kubernetes_ca_file: Option<PathBuf>,
 
-    /// Only profile pods in this namespace (repeatable).
-    #[arg(long = "namespace", value_name = "NAMESPACE")]
+    /// See [`settings::NAMESPACE`].
+    #[arg(long = settings::NAMESPACE.flag, value_name = "NAMESPACE", help = settings::NAMESPACE.help_text())]
     pub namespace: Vec<String>,
 
-    /// Never profile pods in this namespace (repeatable).
-    #[arg(long = "exclude-namespace", value_name = "NAMESPACE")]
+    /// See [`settings::EXCLUDE_NAMESPACE`].
+    #[arg(long = settings::EXCLUDE_NAMESPACE.flag, value_name = "NAMESPACE", help = settings::EXCLUDE_NAMESPACE.help_text())]
     pub exclude_namespace: Vec<String>,
 
-    /// Only profile pods matching this label selector, e.g. `app=web,tier!=cache`.
-    #[arg(long, value_name = "SELECTOR", value_parser = parse_selector)]
+    /// See [`settings::POD_SELECTOR`].
+    #[arg(long = settings::POD_SELECTOR.flag, value_name = "SELECTOR", value_parser = parse_selector, help = settings::POD_SELECTOR.help_text())]
     pub pod_selector: Option<crate::kubernetes::LabelSelector>,
 
-    /// Only profile this container (repeatable; a prefix of 12+ characters works).
-    #[arg(long = "container-id", value_name = "ID")]
+    /// See [`settings::CONTAINER_ID`].
+    #[arg(long = settings::CONTAINER_ID.flag, value_name = "ID", help = settings::CONTAINER_ID.help_text())]
     pub container_id: Vec<String>,
 
-    /// What to do with processes outside any container: keep or drop. [default: keep]
-    #[arg(long, value_name = "KEEP|DROP", value_parser = parse_keep_drop)]
+    /// See [`settings::HOST_PROCESSES`].
+    #[arg(long = settings::HOST_PROCESSES.flag, value_name = "KEEP|DROP", value_parser = parse_keep_drop, help = settings::HOST_PROCESSES.help_text())]
     pub host_processes: Option<bool>,
 
-    /// Pod label whose value becomes `service_name`. [default: app.kubernetes.io/name]
-    #[arg(long, value_name = "LABEL")]
+    /// See [`settings::SERVICE_NAME_LABEL`].
+    #[arg(long = settings::SERVICE_NAME_LABEL.flag, value_name = "LABEL", help = settings::SERVICE_NAME_LABEL.help_text())]
     pub service_name_label: Option<String>,
 
-    /// Pod label to copy onto profiles as `pod_label_<name>` (repeatable).
-    #[arg(long = "pod-label", value_name = "LABEL")]
+    /// See [`settings::POD_LABEL`].
+    #[arg(long = settings::POD_LABEL.flag, value_name = "LABEL", help = settings::POD_LABEL.help_text())]
     pub pod_label: Vec<String>,
 
     /// Where to read `PID/cgroup` files from, for tests. [default: /proc]
@@ -348,17 +336,16 @@ pub struct KubernetesArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Observability")]
 pub struct ObservabilityArgs {
-    /// Address of the Prometheus /metrics endpoint. [default: 127.0.0.1:7071]
-    #[arg(long, value_name = "IP:PORT", value_parser = parse_socket_addr)]
+    /// See [`settings::METRICS_ADDRESS`].
+    #[arg(long = settings::METRICS_ADDRESS.flag, value_name = "IP:PORT", value_parser = parse_socket_addr, help = settings::METRICS_ADDRESS.help_text())]
     pub metrics_address: Option<SocketAddr>,
 
-    /// Log format on stderr: text or json. [default: text]
-    #[arg(long, value_name = "FORMAT", value_parser = LogFormat::from_str)]
+    /// See [`settings::LOG_FORMAT`].
+    #[arg(long = settings::LOG_FORMAT.flag, value_name = "FORMAT", value_parser = LogFormat::from_str, help = settings::LOG_FORMAT.help_text())]
     pub log_format: Option<LogFormat>,
 
-    /// Log filter, e.g. `info` or `taskprof=debug,warn`. Default: $RUST_LOG,
-    /// else info.
-    #[arg(long, value_name = "FILTER")]
+    /// See [`settings::LOG_LEVEL`].
+    #[arg(long = settings::LOG_LEVEL.flag, value_name = "FILTER", help = settings::LOG_LEVEL.help_text())]
     pub log_level: Option<String>,
 }
 

@@ -27,3 +27,4 @@ mod session;
 pub mod symbolize;
 pub mod unwind;
 mod upload;
+mod util;

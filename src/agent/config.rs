@@ -14,31 +14,24 @@
 //! `Debug` output or in errors.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::kubernetes::LabelSelector;
+use crate::kubernetes::{KubeConfig, LabelSelector};
 use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
+use super::settings::*;
 use crate::agent::logging::{self, LogFormat, LoggingError};
 use crate::cli::{self, AgentArgs};
 use crate::oneshot::config::{check_process, ConfigError};
 use crate::session::SamplingSettings;
 use crate::upload::{Auth, Protocol, Secret, SpoolConfig, UploadConfig};
+use crate::util::secret::{read_secret_file, SecretFileError};
 
-const DEFAULT_FREQUENCY_HZ: u64 = 19;
-const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
-const DEFAULT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
-const DEFAULT_SPOOL_DIR: &str = "/var/lib/taskprof/spool";
-const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
-const DEFAULT_QUEUE_CAPACITY: usize = 16;
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const DEFAULT_METRICS_ADDRESS: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7071));
 const DEFAULT_LOG_LEVEL: &str = "info";
 
 /// A validated `taskprof agent`.
@@ -108,6 +101,9 @@ pub struct KubernetesSettings {
     pub pod_labels: Vec<String>,
     /// Where `PID/cgroup` files are read from.
     pub cgroup_proc_root: PathBuf,
+    /// How to reach the API server (in-cluster defaults, each overridable),
+    /// when `enabled`.
+    pub connection: Option<KubeConfig>,
 }
 
 /// A usage error in the agent's configuration (exit code 2). Each message
@@ -207,42 +203,30 @@ impl AgentConfig {
 
         // First, as it takes its keys from `file` before the rest move out.
         let upload = sources.upload(up, &mut file)?;
-        let frequency_hz = sources
-            .pick(FREQUENCY, frequency, file.frequency, cli::parse_frequency)?
-            .map_or(DEFAULT_FREQUENCY_HZ, |s| s.value);
-        let window = sources
-            .pick(WINDOW, window, file.window, cli::parse_window)?
-            .map_or(DEFAULT_WINDOW, |s| s.value);
+        let frequency_hz = sources.pick_or_default(FREQUENCY, frequency, file.frequency, cli::parse_frequency)?;
+        let window = sources.pick_or_default(WINDOW, window, file.window, cli::parse_window)?;
 
         let spool = SpoolConfig {
-            dir: sources
-                .pick(SPOOL_DIR, delivery.spool_dir, file.spool_dir, parse_path)?
-                .map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), |s| s.value),
-            max_bytes: sources
-                .pick(
-                    SPOOL_MAX_BYTES,
-                    delivery.spool_max_bytes,
-                    file.spool_max_bytes,
-                    cli::parse_byte_size,
-                )?
-                .map_or(DEFAULT_SPOOL_MAX_BYTES, |s| s.value),
+            dir: sources.pick_or_default(SPOOL_DIR, delivery.spool_dir, file.spool_dir, parse_path)?,
+            max_bytes: sources.pick_or_default(
+                SPOOL_MAX_BYTES,
+                delivery.spool_max_bytes,
+                file.spool_max_bytes,
+                cli::parse_byte_size,
+            )?,
         };
-        let queue_capacity = sources
-            .pick(
-                QUEUE_CAPACITY,
-                delivery.queue_capacity,
-                file.queue_capacity,
-                cli::parse_queue_capacity,
-            )?
-            .map_or(DEFAULT_QUEUE_CAPACITY, |s| s.value);
-        let shutdown_grace = sources
-            .pick(
-                SHUTDOWN_GRACE,
-                delivery.shutdown_grace,
-                file.shutdown_grace,
-                cli::parse_grace,
-            )?
-            .map_or(DEFAULT_SHUTDOWN_GRACE, |s| s.value);
+        let queue_capacity = sources.pick_or_default(
+            QUEUE_CAPACITY,
+            delivery.queue_capacity,
+            file.queue_capacity,
+            cli::parse_queue_capacity,
+        )?;
+        let shutdown_grace = sources.pick_or_default(
+            SHUTDOWN_GRACE,
+            delivery.shutdown_grace,
+            file.shutdown_grace,
+            cli::parse_grace,
+        )?;
 
         let service_name = sources
             .pick(
@@ -267,6 +251,10 @@ impl AgentConfig {
             },
         };
         let labels = sources.labels(identity.label, file.labels)?;
+        let mut kubernetes = kubernetes;
+        if kubernetes.enabled {
+            kubernetes.connection = Some(sources.kube_connection(&kubernetes, &node_name)?);
+        }
 
         let pids = match sources.list(PID, pid, file.pids, cli::parse_pid)? {
             Some(list) => {
@@ -281,17 +269,13 @@ impl AgentConfig {
             None => Vec::new(),
         };
 
-        let metrics_address = sources
-            .pick(
-                METRICS_ADDRESS,
-                obs.metrics_address,
-                file.metrics_address,
-                cli::parse_socket_addr,
-            )?
-            .map_or(DEFAULT_METRICS_ADDRESS, |s| s.value);
-        let log_format = sources
-            .pick(LOG_FORMAT, obs.log_format, file.log_format, str::parse)?
-            .map_or(LogFormat::Text, |s| s.value);
+        let metrics_address = sources.pick_or_default(
+            METRICS_ADDRESS,
+            obs.metrics_address,
+            file.metrics_address,
+            cli::parse_socket_addr,
+        )?;
+        let log_format = sources.pick_or_default(LOG_FORMAT, obs.log_format, file.log_format, str::parse)?;
         let log_level = sources.log_level(obs.log_level, file.log_level)?;
         let verifier_log = sources
             .pick(
@@ -304,17 +288,13 @@ impl AgentConfig {
         let debug_info = sources
             .pick(DEBUG_INFO, debug_info.then_some(true), file.debug_info, cli::parse_bool)?
             .is_some_and(|s| s.value);
-        let unwind = sources
-            .pick(UNWIND, unwind, file.unwind, cli::parse_unwind)?
-            .map_or(cli::UnwindArg::Dwarf, |s| s.value);
-        let unwind_table_memory = sources
-            .pick(
-                UNWIND_TABLE_MEMORY,
-                unwind_table_memory,
-                file.unwind_table_memory,
-                cli::parse_byte_size,
-            )?
-            .map_or(cli::DEFAULT_UNWIND_TABLE_MEMORY, |s| s.value);
+        let unwind = sources.pick_or_default(UNWIND, unwind, file.unwind, cli::parse_unwind)?;
+        let unwind_table_memory = sources.pick_or_default(
+            UNWIND_TABLE_MEMORY,
+            unwind_table_memory,
+            file.unwind_table_memory,
+            cli::parse_byte_size,
+        )?;
         let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
 
         Ok(AgentConfig {
@@ -339,63 +319,7 @@ impl AgentConfig {
     }
 }
 
-/// A setting's names: the flag (without `--`) and the YAML key. The
-/// environment variable is derived from the flag.
-#[derive(Debug, Clone, Copy)]
-struct Key {
-    flag: &'static str,
-    yaml: &'static str,
-}
-
-const CONFIG: Key = Key::new("config", "");
-const FREQUENCY: Key = Key::new("frequency", "frequency");
-const WINDOW: Key = Key::new("window", "window");
-const UPLOAD_URL: Key = Key::new("upload-url", "upload_url");
-const UPLOAD_PROTOCOL: Key = Key::new("upload-protocol", "upload_protocol");
-const UPLOAD_TIMEOUT: Key = Key::new("upload-timeout", "upload_timeout");
-const UPLOAD_CONCURRENCY: Key = Key::new("upload-concurrency", "upload_concurrency");
-const BEARER_TOKEN_FILE: Key = Key::new("bearer-token-file", "bearer_token_file");
-const BASIC_AUTH_USER: Key = Key::new("basic-auth-user", "basic_auth_user");
-const BASIC_AUTH_PASSWORD_FILE: Key = Key::new("basic-auth-password-file", "basic_auth_password_file");
-const HEADER: Key = Key::new("header", "headers");
-const TLS_CA_FILE: Key = Key::new("tls-ca-file", "tls_ca_file");
-const TLS_INSECURE_SKIP_VERIFY: Key = Key::new("tls-insecure-skip-verify", "tls_insecure_skip_verify");
-const SPOOL_DIR: Key = Key::new("spool-dir", "spool_dir");
-const SPOOL_MAX_BYTES: Key = Key::new("spool-max-bytes", "spool_max_bytes");
-const QUEUE_CAPACITY: Key = Key::new("queue-capacity", "queue_capacity");
-const SHUTDOWN_GRACE: Key = Key::new("shutdown-grace", "shutdown_grace");
-const SERVICE_NAME: Key = Key::new("service-name", "service_name");
-const NODE_NAME: Key = Key::new("node-name", "node_name");
-const LABEL: Key = Key::new("label", "labels");
-const PID: Key = Key::new("pid", "pids");
-const METRICS_ADDRESS: Key = Key::new("metrics-address", "metrics_address");
-const LOG_FORMAT: Key = Key::new("log-format", "log_format");
-const LOG_LEVEL: Key = Key::new("log-level", "log_level");
-const VERIFIER_LOG: Key = Key::new("verifier-log", "verifier_log");
-const DEBUG_INFO: Key = Key::new("debug-info", "debug_info");
-const UNWIND: Key = Key::new("unwind", "unwind");
-const UNWIND_TABLE_MEMORY: Key = Key::new("unwind-table-memory", "unwind_table_memory");
-const KUBERNETES: Key = Key::new("kubernetes", "kubernetes");
-const KUBERNETES_API_URL: Key = Key::new("kubernetes-api-url", "kubernetes_api_url");
-const KUBERNETES_TOKEN_FILE: Key = Key::new("kubernetes-token-file", "kubernetes_token_file");
-const KUBERNETES_CA_FILE: Key = Key::new("kubernetes-ca-file", "kubernetes_ca_file");
-const NAMESPACE: Key = Key::new("namespace", "namespaces");
-const EXCLUDE_NAMESPACE: Key = Key::new("exclude-namespace", "exclude_namespaces");
-const POD_SELECTOR: Key = Key::new("pod-selector", "pod_selector");
-const CONTAINER_ID: Key = Key::new("container-id", "container_ids");
-const HOST_PROCESSES: Key = Key::new("host-processes", "host_processes");
-const SERVICE_NAME_LABEL: Key = Key::new("service-name-label", "service_name_label");
-const POD_LABEL: Key = Key::new("pod-label", "pod_labels");
-
-impl Key {
-    const fn new(flag: &'static str, yaml: &'static str) -> Key {
-        Key { flag, yaml }
-    }
-
-    fn env(self) -> String {
-        format!("TASKPROF_{}", self.flag.to_ascii_uppercase().replace('-', "_"))
-    }
-
+impl Setting {
     /// The setting as the user wrote it, for error messages.
     fn name(self, origin: &Origin) -> String {
         match origin {
@@ -476,11 +400,32 @@ impl Sources<'_> {
         Ok(settings)
     }
 
+    /// [`Sources::pick`], else the setting's default from the table,
+    /// parsed by the same `parse`.
+    fn pick_or_default<T>(
+        &self,
+        key: Setting,
+        flag: Option<T>,
+        file: Option<Scalar>,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<T, AgentConfigError> {
+        if let Some(value) = self.pick(key, flag, file, parse)? {
+            return Ok(value.value);
+        }
+        // A default that does not parse is a bug in the table, which a
+        // unit test catches; it is reported rather than panicking.
+        let default = key.default.unwrap_or_default();
+        parse(default).map_err(|reason| AgentConfigError::Invalid {
+            field: format!("the default of --{}", key.flag),
+            reason,
+        })
+    }
+
     /// The flag, else the environment variable, else the file's key; each
     /// text form is parsed by `parse`.
     fn pick<T>(
         &self,
-        key: Key,
+        key: Setting,
         flag: Option<T>,
         file: Option<Scalar>,
         parse: fn(&str) -> Result<T, String>,
@@ -493,7 +438,7 @@ impl Sources<'_> {
 
     fn flag_or_env<T>(
         &self,
-        key: Key,
+        key: Setting,
         flag: Option<T>,
         parse: fn(&str) -> Result<T, String>,
     ) -> Result<Option<Sourced<T>>, AgentConfigError> {
@@ -512,7 +457,7 @@ impl Sources<'_> {
 
     fn file_value<T>(
         &self,
-        key: Key,
+        key: Setting,
         file: Option<Scalar>,
         parse: fn(&str) -> Result<T, String>,
     ) -> Result<Option<Sourced<T>>, AgentConfigError> {
@@ -527,7 +472,7 @@ impl Sources<'_> {
     /// parsed by `parse_item`.
     fn list<T>(
         &self,
-        key: Key,
+        key: Setting,
         flag: Vec<T>,
         file: Option<Vec<T>>,
         parse_item: fn(&str) -> Result<T, String>,
@@ -619,22 +564,18 @@ impl Sources<'_> {
                 parse_container_id,
             )?
             .map_or_else(Vec::new, |s| s.value);
-        let keep_host_processes = self
-            .pick(
-                HOST_PROCESSES,
-                args.host_processes,
-                file.host_processes.take(),
-                cli::parse_keep_drop,
-            )?
-            .is_none_or(|s| s.value);
-        let service_name_label = self
-            .pick(
-                SERVICE_NAME_LABEL,
-                args.service_name_label,
-                file.service_name_label.take(),
-                parse_text,
-            )?
-            .map_or_else(|| "app.kubernetes.io/name".to_string(), |s| s.value);
+        let keep_host_processes = self.pick_or_default(
+            HOST_PROCESSES,
+            args.host_processes,
+            file.host_processes.take(),
+            cli::parse_keep_drop,
+        )?;
+        let service_name_label = self.pick_or_default(
+            SERVICE_NAME_LABEL,
+            args.service_name_label,
+            file.service_name_label.take(),
+            parse_text,
+        )?;
         let pod_labels = self
             .list(POD_LABEL, args.pod_label, file.pod_labels.take(), parse_text)?
             .map_or_else(Vec::new, |s| s.value);
@@ -658,18 +599,58 @@ impl Sources<'_> {
             service_name_label,
             pod_labels,
             cgroup_proc_root,
+            connection: None,
         })
     }
 
+    /// The API server connection of `--kubernetes`: the in-cluster
+    /// defaults, each overridable. Checked now, like every other setting,
+    /// so that a bad one stops the agent before anything binds or loads.
+    fn kube_connection(&self, kube: &KubernetesSettings, node_name: &str) -> Result<KubeConfig, AgentConfigError> {
+        let invalid = |field: &str, reason: String| AgentConfigError::Invalid {
+            field: field.to_string(),
+            reason,
+        };
+        let mut config = match &kube.api_url {
+            Some(url) => KubeConfig {
+                api_url: url.clone(),
+                token_path: Path::new(crate::kubernetes::SERVICE_ACCOUNT_DIR).join("token"),
+                ca_path: None,
+                node_name: node_name.to_string(),
+                insecure_skip_verify: false,
+            },
+            None => KubeConfig::in_cluster(&|name| self.env_var(name), node_name)
+                .map_err(|err| invalid("--kubernetes", err.to_string()))?,
+        };
+        if let Some(token) = &kube.token_file {
+            config.token_path = token.clone();
+        }
+        if let Some(ca) = &kube.ca_file {
+            config.ca_path = Some(ca.clone());
+        }
+        if let Some(ca) = &config.ca_path {
+            let field = if kube.ca_file.is_some() {
+                "--kubernetes-ca-file"
+            } else {
+                "--kubernetes"
+            };
+            crate::upload::read_ca_certificates(ca).map_err(|reason| {
+                invalid(
+                    field,
+                    format!("failed to load the CA certificates from `{}`: {reason}", ca.display()),
+                )
+            })?;
+        }
+        Ok(config)
+    }
+
     fn upload(&self, up: cli::UploadArgs, file: &mut FileSettings) -> Result<UploadConfig, AgentConfigError> {
-        let protocol = self
-            .pick(
-                UPLOAD_PROTOCOL,
-                up.upload_protocol,
-                file.upload_protocol.take(),
-                cli::parse_protocol,
-            )?
-            .map_or(Protocol::Pyroscope, |s| s.value);
+        let protocol = self.pick_or_default(
+            UPLOAD_PROTOCOL,
+            up.upload_protocol,
+            file.upload_protocol.take(),
+            cli::parse_protocol,
+        )?;
         let url = self
             .pick(UPLOAD_URL, up.upload_url, file.upload_url.take(), parse_text)?
             .ok_or_else(|| AgentConfigError::Missing {
@@ -719,22 +700,18 @@ impl Sources<'_> {
         Ok(UploadConfig {
             protocol,
             url,
-            timeout: self
-                .pick(
-                    UPLOAD_TIMEOUT,
-                    up.upload_timeout,
-                    file.upload_timeout.take(),
-                    cli::parse_duration,
-                )?
-                .map_or(DEFAULT_UPLOAD_TIMEOUT, |s| s.value),
-            concurrency: self
-                .pick(
-                    UPLOAD_CONCURRENCY,
-                    up.upload_concurrency,
-                    file.upload_concurrency.take(),
-                    cli::parse_upload_concurrency,
-                )?
-                .map_or(DEFAULT_UPLOAD_CONCURRENCY, |s| s.value),
+            timeout: self.pick_or_default(
+                UPLOAD_TIMEOUT,
+                up.upload_timeout,
+                file.upload_timeout.take(),
+                cli::parse_duration,
+            )?,
+            concurrency: self.pick_or_default(
+                UPLOAD_CONCURRENCY,
+                up.upload_concurrency,
+                file.upload_concurrency.take(),
+                cli::parse_upload_concurrency,
+            )?,
             auth: self.auth(
                 self.pick(
                     BEARER_TOKEN_FILE,
@@ -849,7 +826,7 @@ impl Sources<'_> {
 }
 
 fn parse_from<T>(
-    key: Key,
+    key: Setting,
     origin: Origin,
     text: &str,
     parse: fn(&str) -> Result<T, String>,
@@ -990,23 +967,21 @@ fn check_headers(pairs: Vec<(String, String)>, origin: &Origin) -> Result<Vec<(S
 }
 
 /// Reads a secret from a file, without its trailing newline.
-fn read_secret(key: Key, path: &Sourced<PathBuf>) -> Result<Secret, AgentConfigError> {
-    let text = std::fs::read_to_string(&path.value).map_err(|err| AgentConfigError::Unreadable {
-        field: key.name(&path.origin),
-        path: path.value.clone(),
-        reason: err.to_string(),
-    })?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err(key.invalid(
+fn read_secret(key: Setting, path: &Sourced<PathBuf>) -> Result<Secret, AgentConfigError> {
+    read_secret_file(&path.value).map_err(|err| match err {
+        SecretFileError::Unreadable(err) => AgentConfigError::Unreadable {
+            field: key.name(&path.origin),
+            path: path.value.clone(),
+            reason: err.to_string(),
+        },
+        SecretFileError::Empty => key.invalid(
             &path.origin,
             format!("`{}` is empty; put the secret in it", path.value.display()),
-        ));
-    }
-    Ok(Secret::new(secret))
+        ),
+    })
 }
 
-fn check_readable_file(key: Key, path: &Sourced<PathBuf>) -> Result<(), AgentConfigError> {
+fn check_readable_file(key: Setting, path: &Sourced<PathBuf>) -> Result<(), AgentConfigError> {
     let unreadable = |reason: String| AgentConfigError::Unreadable {
         field: key.name(&path.origin),
         path: path.value.clone(),
@@ -1140,6 +1115,40 @@ mod tests {
         let file = file_with(text);
         let path = file.path().to_str().unwrap().to_string();
         (file, path)
+    }
+
+    #[test]
+    fn every_setting_in_the_table_is_a_flag_and_a_yaml_key() {
+        use clap::CommandFactory;
+        let command = crate::cli::Cli::command();
+        let agent = command.find_subcommand("agent").expect("the agent subcommand");
+        for setting in ALL {
+            assert!(
+                agent.get_arguments().any(|arg| arg.get_long() == Some(setting.flag)),
+                "--{} is not a flag",
+                setting.flag
+            );
+            if !setting.yaml.is_empty() {
+                let err = parse_file(&format!("{}: ~\n", setting.yaml))
+                    .err()
+                    .map(|err| err.to_string())
+                    .unwrap_or_default();
+                assert!(!err.contains("unknown field"), "`{}`: {err}", setting.yaml);
+            }
+        }
+        for arg in agent.get_arguments().filter(|arg| !arg.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            assert!(
+                ALL.iter().any(|s| s.flag == long),
+                "--{long} is not in the settings table"
+            );
+        }
+    }
+
+    #[test]
+    fn the_unwind_table_memory_default_is_the_one_taskprof_profile_uses() {
+        let default = UNWIND_TABLE_MEMORY.default.expect("a default");
+        assert_eq!(cli::parse_byte_size(default), Ok(cli::DEFAULT_UNWIND_TABLE_MEMORY));
     }
 
     #[test]
@@ -1490,7 +1499,7 @@ mod tests {
                 "--bearer-token-file",
                 token_path,
                 "--header",
-                "X-Key: header-s3cret",
+                "X-Setting: header-s3cret",
             ],
             &[],
         )
@@ -1526,7 +1535,7 @@ mod tests {
             &[],
         );
         assert!(!err.contains("s3cret"), "{err}");
-        let (_file, path) = yaml("upload_url: http://p:4040\nheaders: {X-Key: [header-s3cret]}\n");
+        let (_file, path) = yaml("upload_url: http://p:4040\nheaders: {X-Setting: [header-s3cret]}\n");
         let err = load_err(&["--config", &path], &[]);
         assert!(err.contains("headers") && !err.contains("s3cret"), "{err}");
     }

@@ -9,6 +9,7 @@ mod containers;
 mod endpoint;
 pub mod logging;
 pub(crate) mod metrics;
+pub mod settings;
 mod window;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 
 use crate::bpf::{SampleStats, Truncation};
-use crate::kubernetes::{KubeConfig, LabelOptions, PodCache, PodFilter};
+use crate::kubernetes::{LabelOptions, PodCache, PodFilter};
 use crate::session::Session;
 use crate::upload::{build_uploader, Delivery, DeliveryOptions, Spool};
 use config::AgentConfig;
@@ -72,7 +73,8 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();
-        let kube_config = kubernetes_config(&config)?;
+        // Validated with the rest of the configuration, before anything bound.
+        let kube_config = kube.connection.clone().context("--kubernetes has no API server")?;
         let _watcher = crate::kubernetes::spawn_watcher(kube_config, cache.clone(), runtime.handle())
             .context("failed to start watching pods")?;
         Some(cache)
@@ -225,26 +227,4 @@ fn record_window(
         metrics.set_python_stacks_total("complete", totals.python_walked - totals.python_incomplete);
         metrics.set_python_stacks_total("incomplete", totals.python_incomplete);
     }
-}
-
-/// The API server connection: in-cluster defaults, each overridable.
-fn kubernetes_config(config: &AgentConfig) -> anyhow::Result<KubeConfig> {
-    let kube = &config.kubernetes;
-    let mut kube_config = match &kube.api_url {
-        Some(url) => KubeConfig {
-            api_url: url.clone(),
-            token_path: std::path::Path::new(crate::kubernetes::SERVICE_ACCOUNT_DIR).join("token"),
-            ca_path: None,
-            node_name: config.node_name.clone(),
-            insecure_skip_verify: false,
-        },
-        None => KubeConfig::in_cluster(&config.node_name).context("--kubernetes")?,
-    };
-    if let Some(token) = &kube.token_file {
-        kube_config.token_path = token.clone();
-    }
-    if let Some(ca) = &kube.ca_file {
-        kube_config.ca_path = Some(ca.clone());
-    }
-    Ok(kube_config)
 }

@@ -81,32 +81,33 @@ pub enum SamplerError {
         missing: String,
     },
     /// The online CPU list could not be read.
-    #[error("failed to read the online CPUs from /sys/devices/system/cpu/online: {0}")]
+    #[error("failed to read the online CPUs from /sys/devices/system/cpu/online")]
     Cpus(#[source] std::io::Error),
     /// perf_event_open failed.
-    #[error("failed to open a cpu-clock perf event on CPU {cpu}: {source}. {hint}")]
+    // The kernel's error is part of the message, not a source: the hint
+    // must come after it, and the chain would print it a second time.
+    #[error("failed to open a cpu-clock perf event on CPU {cpu}: {error}. {hint}")]
     PerfEvent {
         /// The CPU.
         cpu: u32,
         /// The kernel's error.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
         /// What to do about it.
         hint: String,
     },
     /// Opening or loading the BPF object failed.
-    #[error("failed to load the BPF sampler: {source}. {hint}{log}")]
+    // As for `PerfEvent`, libbpf's error is in the message, before the hint.
+    #[error("failed to load the BPF sampler: {error}. {hint}{log}")]
     Load {
         /// libbpf's error.
-        #[source]
-        source: libbpf_rs::Error,
+        error: libbpf_rs::Error,
         /// What to do about it.
         hint: String,
         /// The verifier log, when asked for.
         log: String,
     },
     /// Attaching the program to a perf event failed.
-    #[error("failed to attach the BPF sampler to the perf event of CPU {cpu}: {source}")]
+    #[error("failed to attach the BPF sampler to the perf event of CPU {cpu}")]
     Attach {
         /// The CPU.
         cpu: u32,
@@ -115,7 +116,7 @@ pub enum SamplerError {
         source: libbpf_rs::Error,
     },
     /// Attaching a process-lifecycle tracepoint failed.
-    #[error("failed to attach the BPF program `{name}` to its sched tracepoint: {source}")]
+    #[error("failed to attach the BPF program `{name}` to its sched tracepoint")]
     AttachTracepoint {
         /// The program.
         name: String,
@@ -124,7 +125,7 @@ pub enum SamplerError {
         source: libbpf_rs::Error,
     },
     /// A map could not be configured or read.
-    #[error("failed to access BPF map `{map}`: {source}")]
+    #[error("failed to access BPF map `{map}`")]
     Map {
         /// The map's name.
         map: &'static str,
@@ -254,7 +255,11 @@ impl Sampler {
             } else {
                 String::new()
             };
-            SamplerError::Load { source, hint, log }
+            SamplerError::Load {
+                error: source,
+                hint,
+                log,
+            }
         };
 
         // The skeleton borrows its object storage for as long as it lives;
@@ -304,11 +309,7 @@ impl Sampler {
         let mut builder = RingBufferBuilder::new();
         builder
             .add(&skel.maps.process_events, move |bytes: &[u8]| {
-                if bytes.len() >= std::mem::size_of::<types::process_event>() {
-                    // SAFETY: the ring holds `struct process_event` records
-                    // (checked length above); it is plain integers, so any
-                    // bit pattern is valid, and read_unaligned needs no alignment.
-                    let event: types::process_event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+                if let Some(event) = super::abi::read::<types::process_event>(bytes) {
                     let (tgid, incarnation) = (event.tgid, event.incarnation);
                     let event = match types::process_event_kind(event.kind) {
                         types::process_event_kind::PROCESS_NEW => ProcessEvent::New { tgid, incarnation },
@@ -355,7 +356,11 @@ impl Sampler {
         for cpu in cpus {
             let fd = open_cpu_clock(cpu, config.frequency_hz).map_err(|source| {
                 let hint = perf_event_hint(&source);
-                SamplerError::PerfEvent { cpu, source, hint }
+                SamplerError::PerfEvent {
+                    cpu,
+                    error: source,
+                    hint,
+                }
             })?;
             let link = skel
                 .progs
@@ -508,11 +513,9 @@ impl Sampler {
         let stacks = StackReader::new(stacks);
         let mut found = Vec::new();
         for key_bytes in counts.keys() {
-            if key_bytes.len() < std::mem::size_of::<types::sample_key>() {
+            let Some(key) = super::abi::read::<types::sample_key>(&key_bytes) else {
                 continue;
-            }
-            // SAFETY: as in read_samples.
-            let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
+            };
             if key.python_stack_id < types::stack_status::STACK_ID_MIN.0 as u64
                 || !seen.insert((key.tgid, key.incarnation, key.python_stack_id))
             {
@@ -597,13 +600,12 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
         else {
             continue;
         };
-        if key_bytes.len() < std::mem::size_of::<types::sample_key>() || value.len() < 8 {
+        let Some(key) = super::abi::read::<types::sample_key>(&key_bytes) else {
+            continue;
+        };
+        if value.len() < 8 {
             continue;
         }
-        // SAFETY: keys of `counts` are `struct sample_key` (length
-        // checked above), made only of integers, so every bit pattern
-        // is valid; read_unaligned imposes no alignment.
-        let key: types::sample_key = unsafe { std::ptr::read_unaligned(key_bytes.as_ptr().cast()) };
         let comm_bytes: Vec<u8> = key.comm.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
         samples.push(RawSample {
             tgid: key.tgid,

@@ -3,6 +3,7 @@
 //! samples back. This is the only module that touches raw BPF bytes; every
 //! layout it reads comes from the skeleton's generated `types`.
 
+mod abi;
 mod loader;
 mod perf_events;
 mod python;

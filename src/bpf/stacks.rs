@@ -237,15 +237,13 @@ impl<'a> StackReader<'a> {
                 _ => Err(StackLoss::Error),
             };
         }
-        match self.map.lookup(&id.to_ne_bytes(), MapFlags::ANY) {
-            Ok(Some(bytes)) if bytes.len() >= std::mem::size_of::<types::stack_trace>() => {
-                // SAFETY: values of `stacks` are `struct stack_trace` (length
-                // checked by the guard), plain integers valid for any bits.
-                let trace: types::stack_trace = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let bytes = self.map.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok().flatten();
+        match bytes.as_deref().and_then(super::abi::read::<types::stack_trace>) {
+            Some(trace) => {
                 let len = (trace.len as usize).min(trace.ips.len());
                 Ok(Some((trace.ips[..len].to_vec(), trace.status)))
             }
-            _ => Err(StackLoss::Error),
+            None => Err(StackLoss::Error),
         }
     }
 }

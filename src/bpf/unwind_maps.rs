@@ -10,9 +10,7 @@ use super::types;
 use crate::unwind::manager::{TableRef, UnwindMapping, UnwindMaps, MAX_MAPPINGS, ROW_BYTES};
 use crate::unwind::table::{CfaRule, RbpRule, UnwindTable};
 
-const _: () = assert!(std::mem::size_of::<types::unwind_row>() as u64 == ROW_BYTES);
-const _: () = assert!(types::unwind_limit::TASKPROF_MAX_UNWIND_MAPPINGS.0 as usize == MAX_MAPPINGS);
-const _: () = assert!(types::unwind_limit::TASKPROF_MAX_UNWIND_TABLES.0 == crate::unwind::manager::MAX_TABLES);
+pub(super) use super::abi::bytes as as_bytes;
 
 /// A row in the BPF layout, its pc relative to the table's base.
 fn bpf_row(row: &crate::unwind::table::Row, base: u64) -> types::unwind_row {
@@ -49,14 +47,6 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes the timespec it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// The bytes of a plain-old-data value.
-pub(super) fn as_bytes<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: only used with the skeleton's `repr(C)` integer structs,
-    // which have no padding bytes the kernel would read uninitialised
-    // (profiler.h lays them out with explicit padding fields).
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
 }
 
 impl UnwindMaps for Sampler {

@@ -57,12 +57,13 @@ pub struct KubeConfig {
 
 impl KubeConfig {
     /// The configuration of a pod's own service account: the API server from
-    /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`, the token and
+    /// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT` (read through
+    /// `env`), the token and
     /// CA from [`SERVICE_ACCOUNT_DIR`]. `node_name` normally comes from the
     /// downward API (`spec.nodeName`).
-    pub fn in_cluster(node_name: &str) -> Result<KubeConfig, KubeError> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok();
-        let port = std::env::var("KUBERNETES_SERVICE_PORT").ok();
+    pub fn in_cluster(env: &dyn Fn(&str) -> Option<String>, node_name: &str) -> Result<KubeConfig, KubeError> {
+        let host = env("KUBERNETES_SERVICE_HOST");
+        let port = env("KUBERNETES_SERVICE_PORT");
         KubeConfig::from_parts(
             host.as_deref(),
             port.as_deref(),

@@ -22,6 +22,9 @@ use url::Url;
 
 use super::pod::{decode_pod, ObjectMeta};
 use super::{KubeConfig, KubeError, PodCache};
+use crate::util::backoff::Backoff;
+use crate::util::secret::{authorization, read_secret_file};
+use crate::util::{error_chain, redacted};
 
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));
@@ -82,7 +85,7 @@ pub fn spawn_watcher(
         pods_url,
         config,
         cache,
-        backoff: Backoff::default(),
+        backoff: Backoff::equal_jitter(BACKOFF_INITIAL, BACKOFF_MAX),
         outage: None,
     };
     Ok(runtime.spawn(watcher.run()))
@@ -117,64 +120,13 @@ fn build_client(config: &KubeConfig) -> Result<reqwest::Client, KubeError> {
 /// rotated token is used from the next request on. The value is marked
 /// sensitive and appears in no error.
 fn bearer_header(path: &Path) -> Result<HeaderValue, KubeError> {
-    let token_error = |reason: &str| KubeError::Token {
+    let token_error = |reason: String| KubeError::Token {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        reason,
     };
-    let token = std::fs::read_to_string(path).map_err(|err| token_error(&err.to_string()))?;
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(token_error("the file is empty"));
-    }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| token_error("the token holds characters a header cannot carry"))?;
-    value.set_sensitive(true);
-    Ok(value)
-}
-
-/// `err` and its sources, joined; reqwest's own message is often just
-/// "error sending request".
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// A URL fit for errors and logs: no query, no credentials.
-fn shown(url: &Url) -> String {
-    let mut url = url.clone();
-    url.set_query(None);
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    url.to_string()
-}
-
-/// Retry delays: doubling from [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`], each
-/// drawn between half and all of its nominal value so that the agents of a
-/// whole cluster do not reconnect in step after an API server restart.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let nominal = BACKOFF_INITIAL
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(BACKOFF_MAX);
-        self.failures = self.failures.saturating_add(1);
-        let half = nominal / 2;
-        half + half.mul_f64(fastrand::f64())
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
+    let token = read_secret_file(path).map_err(|err| token_error(err.to_string()))?;
+    authorization("Bearer", token.expose())
+        .ok_or_else(|| token_error("the token holds characters a header cannot carry".to_string()))
 }
 
 /// Splits a byte stream into lines, however the stream was chunked.
@@ -302,7 +254,7 @@ impl Watcher {
     async fn run(mut self) {
         tracing::info!(
             node = %self.config.node_name,
-            api = %shown(&self.config.api_url),
+            api = %redacted(&self.config.api_url),
             "watching the pods of this node for Kubernetes metadata"
         );
         let mut resource_version: Option<String> = None;
@@ -411,7 +363,7 @@ impl Watcher {
             request = request.timeout(timeout);
         }
         let transport = |reason: String| KubeError::Transport {
-            url: shown(&url),
+            url: redacted(&url),
             reason,
         };
         let response = tokio::time::timeout(RESPONSE_TIMEOUT, request.send())
@@ -426,7 +378,7 @@ impl Watcher {
             let body = response.bytes().await.unwrap_or_default();
             return Err(KubeError::Status {
                 status,
-                url: shown(&url),
+                url: redacted(&url),
                 message: Status::describe(&body),
                 hint: status_hint(status),
             });
@@ -447,11 +399,11 @@ impl Watcher {
         };
         let response = self.get(url.clone(), Some(LIST_TIMEOUT)).await?;
         let decode = |reason: String| KubeError::Decode {
-            url: shown(&url),
+            url: redacted(&url),
             reason,
         };
         let body = response.bytes().await.map_err(|err| KubeError::Transport {
-            url: shown(&url),
+            url: redacted(&url),
             reason: error_chain(&err),
         })?;
         let list: PodList = serde_json::from_slice(&body).map_err(|err| decode(err.to_string()))?;
@@ -500,7 +452,7 @@ impl Watcher {
         self.reachable();
         let failed = |reason: String, relist: bool| WatchEnd::Failed {
             error: KubeError::Transport {
-                url: shown(&url),
+                url: redacted(&url),
                 reason,
             },
             relist,
@@ -548,7 +500,7 @@ impl Watcher {
     /// Applies one watch event line to the cache.
     fn apply_event(&self, line: &[u8], version: &mut String) -> Result<(), KubeError> {
         let event: WatchEvent = serde_json::from_slice(line).map_err(|err| KubeError::Decode {
-            url: shown(&self.pods_url),
+            url: redacted(&self.pods_url),
             reason: format!("a watch event is not valid JSON: {err}"),
         })?;
         if event.kind == "ERROR" {
@@ -559,7 +511,7 @@ impl Watcher {
             }
             return Err(KubeError::Status {
                 status: code,
-                url: shown(&self.pods_url),
+                url: redacted(&self.pods_url),
                 message: shorten(status.message.or(status.reason).unwrap_or_default()),
                 hint: status_hint(code),
             });
@@ -621,19 +573,6 @@ mod tests {
         }
         assert_eq!(seen, ["first line", "second", ""]);
         assert_eq!(lines.pending_len(), "third".len());
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut backoff = Backoff::default();
-        let mut nominal = BACKOFF_INITIAL;
-        for _ in 0..20 {
-            let delay = backoff.next_delay();
-            assert!(delay >= nominal / 2 && delay <= nominal, "{delay:?} vs {nominal:?}");
-            nominal = (nominal * 2).min(BACKOFF_MAX);
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= BACKOFF_INITIAL);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! here, before any sampling starts, and reported as a [`ConfigError`]
 //! (exit code 2).
 
-use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{FormatArg, ProfileArgs};
 use crate::session::SamplingSettings;
+use crate::util::durable::PendingFile;
 
 /// A usage error: bad flags or values.
 #[derive(Debug, thiserror::Error)]
@@ -147,15 +147,11 @@ pub fn check_process(proc_root: &Path, pid: u32) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An output file being prepared: written to a temporary file beside the
+/// The output file being prepared: written to a temporary file beside the
 /// destination and renamed over it when complete, so a failed run never
 /// leaves a truncated profile behind.
 #[derive(Debug)]
-pub struct PendingOutput {
-    path: PathBuf,
-    temp: PathBuf,
-    file: Option<File>,
-}
+pub struct PendingOutput(PendingFile);
 
 impl PendingOutput {
     /// Creates the temporary file, proving the destination is writable.
@@ -167,9 +163,9 @@ impl PendingOutput {
         if path.is_dir() {
             return Err(unwritable("it is a directory".into()));
         }
-        let name = path
-            .file_name()
-            .ok_or_else(|| unwritable("it has no file name".into()))?;
+        if path.file_name().is_none() {
+            return Err(unwritable("it has no file name".into()));
+        }
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -182,48 +178,18 @@ impl PendingOutput {
                 return Err(unwritable("it is read-only".into()));
             }
         }
-        let temp = dir.join(format!(
-            ".{}.taskprof-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(|err| unwritable(err.to_string()))?;
-        Ok(PendingOutput {
-            path: path.to_path_buf(),
-            temp,
-            file: Some(file),
-        })
+        let file = PendingFile::create(path).map_err(|err| unwritable(err.to_string()))?;
+        Ok(PendingOutput(file))
     }
 
     /// The destination.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// Writes `bytes` and moves the file into place.
-    pub fn commit(mut self, bytes: &[u8]) -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| std::io::Error::other("output already committed"))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.temp, &self.path)
-    }
-}
-
-impl Drop for PendingOutput {
-    fn drop(&mut self) {
-        if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.temp);
-        }
+    pub fn commit(self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.commit(bytes)
     }
 }
 

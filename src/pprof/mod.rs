@@ -178,6 +178,30 @@ mod tests {
         );
     }
 
+    /// The profile built from [`fixture`], byte for byte: any change to
+    /// what the builder writes (order, interning, flags) shows up here.
+    /// After an intended change, regenerate it with
+    /// `TASKPROF_BLESS=1 cargo test --lib pprof::tests::profile_matches_its_golden_bytes`.
+    #[test]
+    fn profile_matches_its_golden_bytes() {
+        use prost::Message;
+
+        let golden = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/pprof/testdata/fixture.pb");
+        let bytes = build_profile(&fixture(), &meta()).encode_to_vec();
+        if std::env::var_os("TASKPROF_BLESS").is_some() {
+            std::fs::write(&golden, &bytes).unwrap();
+        }
+        let expected = std::fs::read(&golden).unwrap();
+        if bytes != expected {
+            let expected = proto::Profile::decode(expected.as_slice()).unwrap();
+            panic!(
+                "the built profile differs from `{}`\nexpected: {expected:#?}\nbuilt: {:#?}",
+                golden.display(),
+                build_profile(&fixture(), &meta())
+            );
+        }
+    }
+
     #[test]
     fn checker_catches_broken_profiles() {
         let mut profile = build_profile(&fixture(), &meta());

@@ -123,7 +123,7 @@ pub enum TableError {
     #[error("no .eh_frame or .debug_frame section")]
     NoUnwindInfo,
     /// The CFI could not be parsed.
-    #[error("malformed call frame information: {0}")]
+    #[error("malformed call frame information")]
     Parse(#[from] gimli::Error),
     /// The rows span more than the 32-bit offsets the BPF table uses.
     #[error("unwind rows span more than 4 GiB")]

@@ -15,6 +15,7 @@ use url::Url;
 
 use super::{truncate_message, Auth, SetupError, UploadConfig, UploadError};
 use crate::agent::metrics::Metrics;
+use crate::util::{error_chain, redacted};
 
 /// The `User-Agent` of every request.
 const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));
@@ -126,17 +127,6 @@ pub(crate) fn join_endpoint(base: &Url, segments: &[&str], protocol: &'static st
         .pop_if_empty()
         .extend(segments);
     Ok(endpoint)
-}
-
-/// A URL fit for logs and errors: no user info, no query, no fragment.
-pub(crate) fn redacted(url: &Url) -> String {
-    let mut shown = url.clone();
-    // Both fail only for URLs that cannot carry credentials anyway.
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_query(None);
-    shown.set_fragment(None);
-    shown.to_string()
 }
 
 /// POSTs `body` to `url` and classifies the outcome. The request's duration
@@ -256,21 +246,6 @@ fn transport_error(err: reqwest::Error, shown_url: &str) -> UploadError {
     }
 }
 
-/// An error and its sources, joined by `: `.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// Parses a `Retry-After` value: delta-seconds, or an HTTP-date (IMF-fixdate,
 /// the obsolete RFC 850 form, or asctime) turned into a delay from `now`. A
 /// date in the past means no delay. Delays are capped at ten minutes.
@@ -280,61 +255,12 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
         // All digits; only an absurd length can overflow.
         Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
     } else {
-        let at = parse_http_date(value)?;
+        let at = httpdate::parse_http_date(value).ok()?;
+        let at_secs = at.duration_since(UNIX_EPOCH).ok()?.as_secs();
         let now_secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-        Duration::from_secs(at.saturating_sub(now_secs))
+        Duration::from_secs(at_secs.saturating_sub(now_secs))
     };
     Some(delay.min(MAX_RETRY_AFTER))
-}
-
-/// Seconds since the epoch of an HTTP-date (RFC 9110 §5.6.7), in any of its
-/// three forms:
-/// `Sun, 06 Nov 1994 08:49:37 GMT`, `Sunday, 06-Nov-94 08:49:37 GMT`,
-/// `Sun Nov  6 08:49:37 1994`. In all three the day comes before the year
-/// once the month name and the time are taken out, which is what lets one
-/// tokenizer read them all.
-fn parse_http_date(value: &str) -> Option<u64> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let mut month = None;
-    let mut time = None;
-    let mut numbers = Vec::new();
-    for token in value.split([' ', ',', '-']).filter(|t| !t.is_empty()) {
-        let lower = token.to_ascii_lowercase();
-        if let Some(index) = MONTHS.iter().position(|m| *m == lower) {
-            month = Some(index as u64 + 1);
-        } else if token.contains(':') {
-            time = Some(token);
-        } else if token.bytes().all(|b| b.is_ascii_digit()) {
-            numbers.push(token.parse::<u64>().ok()?);
-        }
-    }
-    let [day, year] = numbers[..] else {
-        return None;
-    };
-    // RFC 850 years have two digits; RFC 9110 says to read them as the
-    // nearest past century, which for any date a server sends now is 20xx.
-    let year = if year < 100 { year + 2000 } else { year };
-    let mut clock = time?.split(':').map(|part| part.parse::<u64>().ok());
-    let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
-    if clock.next().is_some() || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month?, day)?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`), for dates not before the epoch.
-fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
-    let year = i64::try_from(year).ok()? - i64::from(month <= 2);
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let month = month as i64;
-    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day as i64 - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    u64::try_from(era * 146_097 + day_of_era - 719_468).ok()
 }
 
 #[cfg(test)]
@@ -556,12 +482,6 @@ mod tests {
             Some("https://h/a/b/api/profiles/writeraw")
         );
         assert!(join("ftp://h/").is_err());
-    }
-
-    #[test]
-    fn redacted_urls_hide_credentials_and_query() {
-        let url = Url::parse("https://user:pw@host/p?token=x#f").expect("test URL");
-        assert_eq!(redacted(&url), "https://host/p");
     }
 
     #[test]

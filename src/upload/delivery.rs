@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 
 use super::{Batch, Spool, UploadError, Uploader};
 use crate::agent::metrics::Metrics;
+use crate::util::backoff::Backoff;
 
 /// How the worker queues, retries and gives up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +125,7 @@ impl Delivery {
         let spool = Arc::new(Mutex::new(spool));
         let wake = Arc::new(Notify::new());
         let worker = Worker {
-            backoff: Backoff::new(options.initial_backoff, options.max_backoff),
+            backoff: Backoff::full_jitter(options.initial_backoff, options.max_backoff),
             uploader,
             spool: spool.clone(),
             metrics: metrics.clone(),
@@ -250,36 +251,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Exponential backoff with full jitter: the n-th delay is uniform in
-/// `[0, min(max, initial * 2^n)]`, which spreads agents restarting together.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            failures: 0,
-        }
-    }
-
-    /// The delay after one more failure; never shorter than `retry_after`.
-    fn next(&mut self, retry_after: Option<Duration>) -> Duration {
-        let ceiling = self.initial.saturating_mul(1 << self.failures.min(20)).min(self.max);
-        self.failures = self.failures.saturating_add(1);
-        ceiling.mul_f64(fastrand::f64()).max(retry_after.unwrap_or_default())
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 struct Worker {
     uploader: Arc<dyn Uploader>,
     spool: Arc<Mutex<Spool>>,
@@ -371,7 +342,7 @@ impl Worker {
                     tracing::error!(error = %err, "failed to read the spool");
                 }
                 // Back off so that a broken disk is not hammered in a loop.
-                self.not_before = Instant::now() + self.backoff.next(None);
+                self.not_before = Instant::now() + self.backoff.next_delay();
                 return ControlFlow::Continue(());
             }
         };
@@ -469,7 +440,7 @@ impl Worker {
             self.last_failed = None;
             self.not_before = Instant::now();
         } else {
-            let delay = self.backoff.next(retry_after);
+            let delay = self.backoff.next_delay().max(retry_after.unwrap_or_default());
             self.not_before = Instant::now() + delay;
             self.last_failed = Some(sequence);
             tracing::warn!(
@@ -956,17 +927,6 @@ mod tests {
         assert_eq!(metrics.profiles_failed.get(), 0);
         let summary = handle.shutdown(Duration::from_secs(1)).await;
         assert_eq!(summary.windows_spooled, 0);
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_honours_retry_after() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        for _ in 0..20 {
-            assert!(backoff.next(None) <= Duration::from_secs(1));
-        }
-        assert_eq!(backoff.next(Some(Duration::from_secs(5))), Duration::from_secs(5));
-        backoff.reset();
-        assert!(backoff.next(None) <= Duration::from_millis(100));
     }
 
     #[test]

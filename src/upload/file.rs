@@ -11,8 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tracing::Instrument as _;
 
-use super::durable::write_atomically;
 use super::{sanitize_name, Batch, SendFuture, SeriesProfile, SetupError, UploadConfig, UploadError, Uploader};
+use crate::util::durable::write_atomically;
 
 /// Writes profiles to a local directory.
 pub struct FileUploader {
@@ -24,7 +24,7 @@ impl FileUploader {
     pub fn new(config: &UploadConfig) -> Result<FileUploader, SetupError> {
         let dir = config.url.to_file_path().map_err(|()| SetupError::Url {
             protocol: "file",
-            url: super::client::redacted(&config.url),
+            url: crate::util::redacted(&config.url),
             reason: "expected a file:// URL with an absolute path, such as file:///var/lib/taskprof/profiles"
                 .to_string(),
         })?;

@@ -15,7 +15,6 @@
 
 mod client;
 mod delivery;
-mod durable;
 mod file;
 mod parca;
 mod pyroscope;

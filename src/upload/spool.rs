@@ -29,9 +29,9 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::durable::{write_atomically, TEMP_SUFFIX};
 use super::{Batch, SeriesProfile, SpoolConfig};
 use crate::agent::metrics::Metrics;
+use crate::util::durable::{write_atomically, TEMP_SUFFIX};
 
 const MAGIC: &[u8; 8] = b"TPSPOOL\0";
 const VERSION: u32 = 1;

@@ -1,37 +1,9 @@
 //! Data shared by the agent, its configuration and the uploaders.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-/// A secret (token, password, header value). Never printed: its Debug and
-/// Display forms are redacted.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for putting on the wire and nowhere else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub use crate::util::secret::Secret;
 
 /// The backend protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,6 @@
 //! Shared machinery for the integration tests: building and running the C
 //! fixtures, running the `taskprof` binary, and reading the profiles it
 //! writes.
-//!
-//! Each test binary compiles this module separately and uses only part of
-//! it, hence the `dead_code` allowance.
-#![allow(dead_code)]
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -152,10 +148,38 @@ fn build_uncached(name: &str, source: &Path, compiler: &Path, flags: &[&str], su
     output
 }
 
+/// A child process that is killed and reaped when dropped, so that a
+/// failing test never leaves a process behind. Every process a test starts
+/// is held in one.
+pub struct ChildGuard(pub Child);
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Either may fail because the process already exited and was
+        // reaped; there is nothing left to clean up then.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running fixture process. Dropping it kills and reaps the process, so a
 /// failing test never leaves a CPU burner behind.
 pub struct Fixture {
-    child: Child,
+    child: ChildGuard,
     program: FixtureProgram,
 }
 
@@ -173,7 +197,10 @@ impl Fixture {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|err| panic!("failed to start `{}`: {err}", executable.display()));
-        Fixture { child, program }
+        Fixture {
+            child: ChildGuard(child),
+            program,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -199,15 +226,6 @@ impl Fixture {
                 Err(err) => panic!("failed to wait for fixture {}: {err}", self.comm()),
             }
         }
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        // Either may fail because the fixture already exited and was reaped;
-        // there is nothing left to clean up then.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -254,7 +272,7 @@ impl TaskprofRun {
 
 /// A `taskprof` process in flight. Dropping it kills and reaps the process.
 pub struct RunningTaskprof {
-    child: Child,
+    child: ChildGuard,
     started: Instant,
     stdout: Option<JoinHandle<String>>,
     stderr: Option<JoinHandle<String>>,
@@ -279,7 +297,7 @@ where
     let stdout = child.stdout.take().map(drain_to_string);
     let stderr = child.stderr.take().map(drain_to_string);
     RunningTaskprof {
-        child,
+        child: ChildGuard(child),
         started,
         stdout,
         stderr,
@@ -386,14 +404,6 @@ impl RunningTaskprof {
     }
 }
 
-impl Drop for RunningTaskprof {
-    fn drop(&mut self) {
-        // Fails harmlessly if the process was already reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn has_perf_event_fd(fd_dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(fd_dir) else {
         return false;
@@ -422,9 +432,8 @@ pub fn path_arg(path: &Path) -> &str {
 /// A finished `taskprof profile` run that wrote a pprof file.
 pub struct RecordedProfile {
     /// Scratch directory holding the output; removed on drop.
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     pub output: PathBuf,
-    pub run: TaskprofRun,
     pub profile: Profile,
 }
 
@@ -455,9 +464,8 @@ pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> R
     run.assert_success();
     let profile = read_pprof(&output);
     RecordedProfile {
-        dir,
+        _dir: dir,
         output,
-        run,
         profile,
     }
 }

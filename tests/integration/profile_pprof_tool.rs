@@ -1,12 +1,10 @@
 //! Profiles must be readable by the reference reader, `go tool pprof`,
 //! without it falling back to symbolizing on its own.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{go, path_arg, record_pprof, scratch_dir, Fixture, FixtureProgram};
+use crate::common::{go, path_arg, record_pprof, scratch_dir, Fixture, FixtureProgram};
 
 /// Runs `go tool pprof <report> <profile>` with every Go directory in a
 /// scratch location, so it works as root in CI and never touches the

@@ -2,16 +2,14 @@
 //! on-disk spool, are delivered in order once the backend is back (in the
 //! same run or the next one), and the spool never grows past its bound.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::agent_run::{
+use crate::common::agent_run::{
     assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, spool_files, wait_until,
     AgentCommand,
 };
-use common::receivers::{accept_all, free_port, Ingest, Receiver};
-use common::{scratch_dir, Fixture, FixtureProgram};
+use crate::common::receivers::{accept_all, free_port, Ingest, Receiver};
+use crate::common::{scratch_dir, Fixture, FixtureProgram};
 
 /// How long an agent may take to exit after SIGTERM.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);

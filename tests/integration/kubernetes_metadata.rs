@@ -16,9 +16,7 @@ use url::Url;
 
 use taskprof::kubernetes::{spawn_watcher, KubeConfig, PodCache};
 
-mod common;
-
-use common::fake_kube::{event, pod, send_split, FakeApi, Recorded, NODE};
+use crate::common::fake_kube::{event, pod, send_split, FakeApi, Recorded, NODE};
 
 /// How long any single expectation may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(20);

@@ -1,9 +1,7 @@
 //! JIT code: frames in anonymous executable memory are named through the
 //! process's `/tmp/perf-PID.map`, and the native caller stays in the chain.
 
-mod common;
-
-use common::{describe_stacks, record_pprof, total_count, Fixture, FixtureProgram, ProfileView};
+use crate::common::{describe_stacks, record_pprof, total_count, Fixture, FixtureProgram, ProfileView};
 
 #[test]
 fn jitted_code_is_named_from_the_perf_map() {

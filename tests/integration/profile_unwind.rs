@@ -9,17 +9,15 @@
 //! Every tool used here is required; a missing one fails the test with a
 //! message naming `scripts/install-deps.sh --test`.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::unwind::{
+use crate::common::unwind::{
     contains_chain, function_is, objdump, parse_perf_script, perf_offenders, perf_record_pids, perf_samples_for_pid,
     perf_share, reaches_root, stack_reaches_root, stack_share, taskprof_offenders, DebianWorkload, PerfSample, Share,
     UnwindFixture, Workload,
 };
-use common::{record_pprof_with, total_count, ProfileView, Stack};
+use crate::common::{record_pprof_with, total_count, ProfileView, Stack};
 
 /// How long each profile samples.
 const PROFILE_DURATION: &str = "4s";

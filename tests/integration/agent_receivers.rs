@@ -2,12 +2,10 @@
 //! the real servers refuse. Without this, an agent test could pass against
 //! a receiver that takes anything.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::receivers::{replies, Api, Receiver, Reply};
 use base64::Engine as _;
-use common::receivers::{replies, Api, Receiver, Reply};
 use taskprof::pprof::proto::{Profile, Sample, ValueType};
 
 /// A small, sound profile: one sample of 3 counts.
@@ -244,8 +242,8 @@ fn scripted_answers_come_first_and_keep_profiles_out() {
 
 #[test]
 fn a_receiver_can_come_up_later_on_a_chosen_port() {
-    let port = common::receivers::free_port();
-    let receiver = Receiver::start_on(port, common::receivers::accept_all());
+    let port = crate::common::receivers::free_port();
+    let receiver = Receiver::start_on(port, crate::common::receivers::accept_all());
     assert_eq!(receiver.addr().port(), port);
     assert_eq!(ingest(&receiver, GOOD_QUERY, profile_gz()).0, 200);
 }

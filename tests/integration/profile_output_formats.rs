@@ -2,11 +2,9 @@
 //! inferred from the extension or chosen with `--format`, and the summary
 //! line that tells the user what was written.
 
-mod common;
-
 use std::path::Path;
 
-use common::{
+use crate::common::{
     path_arg, read_pprof, run_taskprof, scratch_dir, Fixture, FixtureProgram, ProfileView, TaskprofRun, RUN_TIMEOUT,
 };
 

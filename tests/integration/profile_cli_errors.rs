@@ -1,12 +1,10 @@
 //! Bad command lines are rejected up front: exit code 2, a message that
 //! names the offending value, and no waiting for the profile duration.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{path_arg, run_taskprof, scratch_dir, Fixture, FixtureProgram};
+use crate::common::{path_arg, run_taskprof, scratch_dir, Fixture, FixtureProgram};
 
 /// Bad input must be reported before sampling, long before `--duration`.
 const REJECTION_BUDGET: Duration = Duration::from_secs(5);

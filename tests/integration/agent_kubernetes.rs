@@ -5,21 +5,19 @@
 //! drop what they exclude, and account for it; watch events (added,
 //! modified, deleted) and a 410 Gone relist reach the profiles' labels.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::agent_run::{wait_until, AgentCommand, TEST_NODE};
+use crate::common::fake_kube::{event, pod, send_split, FakeApi};
+use crate::common::receivers::{Ingest, Receiver};
+use crate::common::{scratch_dir, Fixture, FixtureProgram};
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use common::agent_run::{wait_until, AgentCommand, TEST_NODE};
-use common::fake_kube::{event, pod, send_split, FakeApi};
-use common::receivers::{Ingest, Receiver};
-use common::{scratch_dir, Fixture, FixtureProgram};
 
 const CONTAINER_ID: &str = "3f1c2d9a8b7e6f5a4c3b2a1908f7e6d5c4b3a29180f7e6d5c4b3a2918f7e6d5c";
 const POD_UID: &str = "5f2a9b1c-3d4e-4f60-8a7b-9c0d1e2f3a4b";
@@ -272,7 +270,7 @@ fn excluded_namespaces_are_not_profiled_and_are_accounted() {
         .stderr()
         .lines()
         .filter(|l| l.contains("\"stopped\""))
-        .map(common::agent_run::LogLine::parse)
+        .map(crate::common::agent_run::LogLine::parse)
         .next()
         .expect("a `stopped` line");
     assert!(

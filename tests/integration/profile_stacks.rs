@@ -2,12 +2,10 @@
 //! chains in order, processes that exit before the profile ends, kernel
 //! frames, and which processes `--pid` keeps.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{
+use crate::common::{
     describe_stacks, path_arg, record_pprof, scratch_dir, spawn_taskprof, total_count, Fixture, FixtureProgram,
     ProfileView, Stack, RUN_TIMEOUT,
 };
@@ -55,7 +53,7 @@ fn process_that_exits_mid_profile_is_still_symbolized() {
     fixture.wait_for_exit(Duration::from_secs(20));
     taskprof.wait(RUN_TIMEOUT).assert_success();
 
-    let profile = common::read_pprof(&output);
+    let profile = crate::common::read_pprof(&output);
     let view = ProfileView::new(&profile);
     let stacks = view.stacks_for_comm(fixture.comm());
     assert!(

@@ -29,20 +29,19 @@
 //! the set: since 5.11 BPF memory is charged to the cgroup instead of the
 //! memlock limit, and taskprof needs 5.12 or newer anyway.
 
-mod common;
-
+use crate::common::ChildGuard;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::agent_run::{AgentCommand, TEST_NODE};
-use common::receivers::{Api, Receiver};
-use common::{path_arg, scratch_dir, Fixture, FixtureProgram, ProfileView, Stack};
+use crate::common::agent_run::{AgentCommand, TEST_NODE};
+use crate::common::receivers::{Api, Receiver};
+use crate::common::{path_arg, scratch_dir, Fixture, FixtureProgram, ProfileView, Stack};
 use serde_yaml::Value;
 
 /// The DaemonSet, whose `capabilities.add` these tests must match.
@@ -144,7 +143,7 @@ fn mask(caps: &[Capability]) -> u64 {
 
 /// A process started by a test, killed and reaped on drop.
 struct Process {
-    child: Child,
+    child: ChildGuard,
 }
 
 impl Process {
@@ -167,14 +166,6 @@ impl Process {
             assert!(Instant::now() < deadline, "{comm} did not start within 10 s");
             thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // Fails harmlessly when the process already exited and was reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -253,7 +244,9 @@ fn start_process(command: &mut Command) -> Process {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|err| panic!("failed to start {command:?}: {err}"));
-    Process { child }
+    Process {
+        child: ChildGuard(child),
+    }
 }
 
 fn copy(from: &Path, to: &Path) {
@@ -344,7 +337,9 @@ impl ConfinedAgent {
             .spawn()
             .unwrap_or_else(|err| panic!("failed to start unshare (util-linux): {err}"));
         ConfinedAgent {
-            process: Process { child },
+            process: Process {
+                child: ChildGuard(child),
+            },
             caps: caps.to_vec(),
             dir,
             started: Instant::now(),
@@ -542,7 +537,7 @@ impl Named {
         assert!(
             kernel_stacks.iter().any(|s| s.frames.iter().any(|f| f.is_kernel())),
             "no kernel frames in the samples of the process reading /dev/zero:\n{}",
-            common::describe_stacks(&kernel_stacks)
+            crate::common::describe_stacks(&kernel_stacks)
         );
         Named {
             root: chain_named(workloads.root.pid()),

@@ -4,17 +4,16 @@
 //! the logs; the file protocol writes sound profiles; and the metrics
 //! endpoint tells the same story as the backend.
 
-mod common;
-
+use crate::common::ChildGuard;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::agent_run::{
+use crate::common::agent_run::{
     assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, http_get, start_on_pid,
     AgentCommand, AgentExit, MetricsPage, TEST_NODE,
 };
-use common::receivers::{replies, Api, Ingest, Receiver, Reply};
-use common::{read_pprof, scratch_dir, Fixture, FixtureProgram, ProfileView};
+use crate::common::receivers::{replies, Api, Ingest, Receiver, Reply};
+use crate::common::{read_pprof, scratch_dir, Fixture, FixtureProgram, ProfileView};
 use taskprof::pprof::check_profile;
 use taskprof::pprof::proto::Profile;
 
@@ -35,7 +34,7 @@ fn assert_has_hot_stack(profile: &Profile, context: &str) {
             .iter()
             .any(|s| s.contains_in_order(&["main", "outer", "middle", "hot"])),
         "{context}: no main -> outer -> middle -> hot stack in:\n{}",
-        common::describe_stacks(&stacks)
+        crate::common::describe_stacks(&stacks)
     );
 }
 
@@ -178,7 +177,7 @@ fn credentials_and_headers_reach_pyroscope_and_never_the_logs() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the token file");
     // One failure first, so the retry path's logging is exercised too.
     let receiver = Receiver::start(replies(vec![Reply::status(500, "backend hiccup")]));
-    let token_arg = common::path_arg(&token_file).to_string();
+    let token_arg = crate::common::path_arg(&token_file).to_string();
     let (_fixture, exit) = run_on_fixture(
         "pyroscope",
         &receiver,
@@ -223,7 +222,7 @@ fn file_protocol_writes_sound_profiles_with_their_labels() {
     let out = scratch_dir();
     let spool = scratch_dir();
     let fixture = Fixture::spawn(FixtureProgram::Chain, 60.0);
-    let mut agent = AgentCommand::new("file", common::path_arg(out.path()), spool.path())
+    let mut agent = AgentCommand::new("file", crate::common::path_arg(out.path()), spool.path())
         .pid(fixture.pid())
         .spawn();
     agent.wait_until_sampling();
@@ -246,7 +245,7 @@ fn file_protocol_writes_sound_profiles_with_their_labels() {
         let problems = check_profile(&profile);
         assert!(problems.is_empty(), "{}: {problems:?}", path.display());
         assert_has_hot_stack(&profile, &path.display().to_string());
-        received += common::receivers::sample_count(&profile);
+        received += crate::common::receivers::sample_count(&profile);
 
         let labels_path = path.to_string_lossy().replace(".pb.gz", ".labels.json");
         let labels: serde_json::Value = serde_json::from_slice(
@@ -276,9 +275,9 @@ fn file_protocol_writes_sound_profiles_with_their_labels() {
 /// Scrapes `/metrics` at a moment when the agent is between windows and
 /// the backend has everything closed so far, so the two can be compared.
 fn settled_metrics(
-    agent: &mut common::agent_run::RunningAgent,
+    agent: &mut crate::common::agent_run::RunningAgent,
     receiver: &Receiver,
-) -> (MetricsPage, Vec<common::agent_run::WindowClosed>, Vec<Ingest>) {
+) -> (MetricsPage, Vec<crate::common::agent_run::WindowClosed>, Vec<Ingest>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let windows = agent.windows();
@@ -422,7 +421,7 @@ fn a_process_that_exits_mid_run_has_its_last_window_delivered_and_symbolized() {
                 .any(|s| s.contains_in_order(&["main", "early_main_loop", "early_outer", "early_hot"])),
             "window {} of the exited process lacks its symbolized stack:\n{}",
             ingest.profile.time_nanos,
-            common::describe_stacks(&stacks)
+            crate::common::describe_stacks(&stacks)
         );
     }
     assert_no_sample_lost(&exit, &ingests, 0);
@@ -431,7 +430,7 @@ fn a_process_that_exits_mid_run_has_its_last_window_delivered_and_symbolized() {
 /// A shell that burns CPU until told to, then execs the Chain fixture: one
 /// pid, two incarnations. Killed on drop.
 struct ExecingShell {
-    child: std::process::Child,
+    child: ChildGuard,
     trigger: std::path::PathBuf,
 }
 
@@ -449,7 +448,10 @@ impl ExecingShell {
             .stdin(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("failed to start bash: {err}"));
-        ExecingShell { child, trigger }
+        ExecingShell {
+            child: ChildGuard(child),
+            trigger,
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -458,13 +460,6 @@ impl ExecingShell {
 
     fn exec_now(&self) {
         std::fs::write(&self.trigger, b"").expect("create the trigger file");
-    }
-}
-
-impl Drop for ExecingShell {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -477,7 +472,7 @@ fn file_protocol_keeps_both_profiles_of_a_process_that_execs_mid_window() {
     let out = scratch_dir();
     let spool = scratch_dir();
     let shell = ExecingShell::spawn(out.path());
-    let mut agent = AgentCommand::new("file", common::path_arg(out.path()), spool.path())
+    let mut agent = AgentCommand::new("file", crate::common::path_arg(out.path()), spool.path())
         .pid(shell.pid())
         .set_all(&[("--window", "30s"), ("--service-name", "execing")])
         .spawn();
@@ -502,7 +497,7 @@ fn file_protocol_keeps_both_profiles_of_a_process_that_execs_mid_window() {
         .collect();
     let received: i64 = files
         .iter()
-        .map(|p| common::receivers::sample_count(&read_pprof(p)))
+        .map(|p| crate::common::receivers::sample_count(&read_pprof(p)))
         .sum();
     assert_eq!(
         files.len(),

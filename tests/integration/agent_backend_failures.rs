@@ -2,17 +2,15 @@
 //! throttling with `Retry-After`, a profile refused for good, and a stop
 //! signal in the middle of a long window.
 
-mod common;
-
 use std::thread;
 use std::time::Duration;
 
-use common::agent_run::{
+use crate::common::agent_run::{
     assert_each_window_delivered_once, assert_no_sample_lost, assert_windows_in_order, spool_files, start_on_pid,
     wait_until, AgentCommand, AgentExit, RunningAgent,
 };
-use common::receivers::{replies, Ingest, Receiver, Reply};
-use common::{scratch_dir, Fixture, FixtureProgram};
+use crate::common::receivers::{replies, Ingest, Receiver, Reply};
+use crate::common::{scratch_dir, Fixture, FixtureProgram};
 
 /// How long an agent may take to exit after SIGTERM: the 5 s grace and
 /// some slack.

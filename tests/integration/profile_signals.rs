@@ -1,11 +1,9 @@
 //! Interrupting a profile ends it early and still writes a usable file.
 
-mod common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     path_arg, read_pprof, scratch_dir, spawn_taskprof, total_count, Fixture, FixtureProgram, ProfileView, RUN_TIMEOUT,
 };
 

@@ -7,11 +7,12 @@
 //! host's defaults; and without any `TASKPROF_*` variable of the test's own
 //! environment, so only what a test sets reaches it.
 
+use crate::common::ChildGuard;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -150,7 +151,7 @@ impl AgentCommand {
             text
         });
         RunningAgent {
-            child,
+            child: ChildGuard(child),
             started,
             lines,
             reader: Some(reader),
@@ -180,7 +181,7 @@ pub fn start_on_pid(protocol: &str, url: &str, spool: &Path, pid: u32, flags: &[
 
 /// An agent in flight. Dropping it kills and reaps the process.
 pub struct RunningAgent {
-    child: Child,
+    child: ChildGuard,
     started: Instant,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
@@ -363,18 +364,11 @@ impl RunningAgent {
     }
 }
 
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        // Fails harmlessly when the agent was already reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A finished agent run.
 #[derive(Debug)]
 pub struct AgentExit {
     pub status: ExitStatus,
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub stdout: String,
     pub lines: Vec<LogLine>,
     /// From spawn to exit.

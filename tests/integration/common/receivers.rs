@@ -3,8 +3,8 @@
 //! `/pyroscope/ingest`) and Parca's WriteRaw JSON gateway
 //! (`POST /api/profiles/writeraw`).
 //!
-//! Each request is checked the way the real servers check it (see
-//! /work/shared/PROTOCOLS.md): a request a real server would refuse is
+//! Each request is checked the way the real servers check it (Pyroscope's
+//! `/ingest` handler and Parca's `WriteRaw` validation): a request a real server would refuse is
 //! answered 400 with the reason and recorded as invalid, so a test that
 //! asserts [`Receiver::assert_all_valid`] catches protocol mistakes even
 //! when the agent retries or drops them quietly. A valid request is then
@@ -45,6 +45,7 @@ pub enum Api {
 pub struct Ingest {
     pub api: Api,
     /// Index of the request it came in, in [`Receiver::requests`].
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub request: usize,
     /// When its request arrived.
     pub at: Instant,
@@ -61,6 +62,7 @@ pub struct Ingest {
     /// The decoded profile.
     pub profile: Profile,
     /// The request's headers, names in lower case.
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -104,6 +106,7 @@ pub struct SeenRequest {
     /// The status answered.
     pub status: u16,
     /// The body answered.
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub reply: String,
     /// Why the request broke the protocol, when it did (answered 400).
     pub invalid: Option<String>,
@@ -123,17 +126,12 @@ impl SeenRequest {
 #[derive(Debug)]
 pub struct Attempt<'a> {
     /// Index of the request in [`Receiver::requests`].
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub request: usize,
+    #[expect(dead_code, reason = "shown through Debug when an assertion fails")]
     pub api: Api,
     /// The request's profiles, as they would be recorded if accepted.
     pub profiles: &'a [Ingest],
-}
-
-impl Attempt<'_> {
-    /// `time_nanos` of the attempt's profiles.
-    pub fn windows(&self) -> Vec<i64> {
-        self.profiles.iter().map(|p| p.profile.time_nanos).collect()
-    }
 }
 
 /// How the receiver answers one valid request. A 2xx records its profiles

@@ -3,14 +3,12 @@
 //! backend with stacks that reach the thread's root, every truncated stack
 //! says why, and the metrics account for every user stack walked.
 
-mod common;
-
 use std::time::Duration;
 
-use common::agent_run::{assert_no_sample_lost, start_on_pid, MetricsPage};
-use common::receivers::Receiver;
-use common::unwind::{stack_reaches_root, taskprof_offenders, UnwindFixture, UNWIND_STOPPED_PREFIX};
-use common::{scratch_dir, total_count, ProfileView, Stack};
+use crate::common::agent_run::{assert_no_sample_lost, start_on_pid, MetricsPage};
+use crate::common::receivers::Receiver;
+use crate::common::unwind::{stack_reaches_root, taskprof_offenders, UnwindFixture, UNWIND_STOPPED_PREFIX};
+use crate::common::{scratch_dir, total_count, ProfileView, Stack};
 
 const WINDOWS_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);

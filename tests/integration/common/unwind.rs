@@ -8,11 +8,12 @@
 //! message naming `scripts/install-deps.sh --test`, so a machine without it
 //! fails the tests instead of skipping them.
 
+use crate::common::ChildGuard;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -462,7 +463,7 @@ impl UnwindFixture {
 /// A running workload process. Dropping it kills and reaps the process, so
 /// a failing test never leaves a CPU burner behind.
 pub struct Workload {
-    child: Child,
+    child: ChildGuard,
     name: String,
 }
 
@@ -477,7 +478,7 @@ impl Workload {
             .spawn()
             .unwrap_or_else(|err| panic!("failed to start {name} ({command:?}): {err}"));
         Workload {
-            child,
+            child: ChildGuard(child),
             name: name.to_owned(),
         }
     }
@@ -500,14 +501,6 @@ impl Workload {
                 self.pid()
             );
         }
-    }
-}
-
-impl Drop for Workload {
-    fn drop(&mut self) {
-        // Fails harmlessly if the process already exited and was reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -681,23 +674,6 @@ pub fn perf_record_pids(pids: &[u32], duration: Duration, frequency: u32) -> Vec
         format!("{:.3}", duration.as_secs_f64()).into(),
     ]);
     run_perf(&args, duration + Duration::from_secs(60));
-    perf_script(&data)
-}
-
-/// Runs `perf record --call-graph dwarf` on a command to its end and
-/// returns every sample `perf script` reads back.
-pub fn perf_record_command(
-    program: &Path,
-    program_args: &[&str],
-    frequency: u32,
-    timeout: Duration,
-) -> Vec<PerfSample> {
-    let dir = scratch_dir();
-    let data = dir.path().join("perf.data");
-    let mut args = perf_record_args(frequency, &data);
-    args.extend(["--".into(), program.into()]);
-    args.extend(program_args.iter().map(OsString::from));
-    run_perf(&args, timeout);
     perf_script(&data)
 }
 

@@ -1,11 +1,9 @@
 //! The shape of the pprof file itself: sample types, per-sample labels,
 //! timing, and the structural invariants readers rely on.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{record_pprof, Fixture, FixtureProgram, ProfileView};
+use crate::common::{record_pprof, Fixture, FixtureProgram, ProfileView};
 use taskprof::pprof::check_profile;
 
 #[test]
