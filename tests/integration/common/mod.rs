@@ -432,9 +432,11 @@ pub fn path_arg(path: &Path) -> &str {
 /// A finished `taskprof profile` run that wrote a pprof file.
 pub struct RecordedProfile {
     /// Scratch directory holding the output; removed on drop.
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub output: PathBuf,
     pub profile: Profile,
+    /// The run, with what it printed.
+    pub run: TaskprofRun,
 }
 
 /// Profiles `pids` (the whole host if empty) for `duration` into a pprof
@@ -464,9 +466,10 @@ pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> R
     run.assert_success();
     let profile = read_pprof(&output);
     RecordedProfile {
-        _dir: dir,
+        dir,
         output,
         profile,
+        run,
     }
 }
 
