@@ -72,6 +72,15 @@ pub(crate) fn parse_unwind(text: &str) -> Result<UnwindArg, String> {
     }
 }
 
+/// Parses `--python`.
+pub(crate) fn parse_switch(text: &str) -> Result<SwitchArg, String> {
+    match text.trim() {
+        "on" => Ok(SwitchArg::On),
+        "off" => Ok(SwitchArg::Off),
+        other => Err(format!("`{other}` is neither `on` nor `off`")),
+    }
+}
+
 /// Default `--unwind-table-memory`.
 pub const DEFAULT_UNWIND_TABLE_MEMORY: u64 = 64 << 20;
 
@@ -174,6 +183,10 @@ pub struct AgentArgs {
     /// See [`settings::UNWIND_TABLE_MEMORY`].
     #[arg(long = settings::UNWIND_TABLE_MEMORY.flag, value_name = "BYTES", value_parser = parse_byte_size, help = settings::UNWIND_TABLE_MEMORY.help_text())]
     pub unwind_table_memory: Option<u64>,
+
+    /// See [`settings::PYTHON`].
+    #[arg(long = settings::PYTHON.flag, value_name = "SWITCH", value_parser = parse_switch, help = settings::PYTHON.help_text())]
+    pub python: Option<SwitchArg>,
 
     /// Kubernetes metadata and filters.
     #[command(flatten)]

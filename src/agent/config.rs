@@ -70,6 +70,8 @@ pub struct AgentConfig {
     /// Memory budget for unwind tables, or `None` to walk frame pointers
     /// only.
     pub unwind_table_memory: Option<u64>,
+    /// Walk and name Python frames.
+    pub python: bool,
     /// Kubernetes metadata and filters.
     pub kubernetes: KubernetesSettings,
 }
@@ -173,7 +175,7 @@ impl AgentConfig {
             pids: self.pids.clone(),
             verifier_log: self.verifier_log,
             unwind_table_memory: self.unwind_table_memory,
-            python: true,
+            python: self.python,
         }
     }
 
@@ -192,6 +194,7 @@ impl AgentConfig {
             debug_info,
             unwind,
             unwind_table_memory,
+            python,
             kubernetes: kube,
             upload: up,
             delivery,
@@ -296,6 +299,7 @@ impl AgentConfig {
             cli::parse_byte_size,
         )?;
         let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
+        let python = sources.pick_or_default(PYTHON, python, file.python, cli::parse_switch)? == cli::SwitchArg::On;
 
         Ok(AgentConfig {
             frequency_hz,
@@ -314,6 +318,7 @@ impl AgentConfig {
             verifier_log,
             debug_info,
             unwind_table_memory,
+            python,
             kubernetes,
         })
     }
@@ -1043,6 +1048,7 @@ struct FileSettings {
     debug_info: Option<Scalar>,
     unwind: Option<Scalar>,
     unwind_table_memory: Option<Scalar>,
+    python: Option<Scalar>,
     kubernetes: Option<Scalar>,
     kubernetes_api_url: Option<Scalar>,
     kubernetes_token_file: Option<Scalar>,

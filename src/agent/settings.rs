@@ -111,6 +111,15 @@ pub const UNWIND_TABLE_MEMORY: Setting = Setting::new(
      back to frame pointers.",
 );
 
+/// `--python`.
+pub const PYTHON: Setting = Setting::new(
+    "python",
+    "python",
+    Some("on"),
+    "Name the Python functions of CPython 3.8-3.13 processes (`on`), or leave their stacks native \
+     (`off`).",
+);
+
 // Delivery.
 
 /// `--upload-url`.
@@ -353,6 +362,7 @@ pub const ALL: &[Setting] = &[
     DEBUG_INFO,
     UNWIND,
     UNWIND_TABLE_MEMORY,
+    PYTHON,
     UPLOAD_URL,
     UPLOAD_PROTOCOL,
     UPLOAD_TIMEOUT,

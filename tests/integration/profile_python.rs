@@ -569,3 +569,48 @@ fn go_tool_pprof_lists_python_source_lines() {
         "pprof -list does not show the Python source:\n{text}"
     );
 }
+
+#[test]
+fn the_agent_delivers_python_frames_and_counts_python_processes() {
+    use crate::common::agent_run::{assert_no_sample_lost, start_on_pid};
+    use crate::common::receivers::Receiver;
+
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 60.0);
+    let receiver = Receiver::accepting();
+    let spool = scratch_dir();
+    let mut agent = start_on_pid("pyroscope", &receiver.url(), spool.path(), fixture.pid(), &[]);
+    agent.wait_for_windows(3, Duration::from_secs(60));
+    let metrics = agent.scrape();
+    let exit = agent.terminate(Duration::from_secs(20));
+    exit.assert_success();
+    receiver.assert_all_valid();
+    let ingests = receiver.ingests();
+    assert_no_sample_lost(&exit, &ingests, 0);
+    let stacks: Vec<Stack> = ingests
+        .iter()
+        .flat_map(|ingest| ProfileView::new(&ingest.profile).stacks_for_pid(fixture.pid()))
+        .collect();
+    assert!(crate::common::total_count(&stacks) >= 60);
+    let named = share(&stacks, |s| {
+        s.contains_in_order(&["<module>", "serve", "handle_request", "leaf_hash"])
+    });
+    assert!(
+        named >= 0.9,
+        "{:.0}% of the uploaded samples name the chain:\n{}",
+        named * 100.0,
+        crate::common::describe_stacks(&stacks)
+    );
+    let walked = metrics
+        .samples("taskprof_python_processes")
+        .iter()
+        .find(|(labels, _)| labels.contains("status=\"walked\""))
+        .map(|(_, v)| *v)
+        .unwrap_or(0.0);
+    assert!(
+        walked >= 1.0,
+        "taskprof_python_processes: {:?}",
+        metrics.samples("taskprof_python_processes")
+    );
+    let stacks_walked: f64 = metrics.samples("taskprof_python_stacks_total").values().sum();
+    assert!(stacks_walked >= 60.0, "taskprof_python_stacks_total: {stacks_walked}");
+}
