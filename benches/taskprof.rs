@@ -282,7 +282,7 @@ fn synthetic_samples(host: &Host, processes: &mut ProcessTable) -> Vec<RawSample
 fn process_once(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mut Symbolizer) -> (Duration, usize) {
     let out = std::env::temp_dir().join("taskprof-bench.pb.gz");
     let started = Instant::now();
-    let samples = symbolize_samples(raw, processes, symbolizer);
+    let samples = symbolize_samples(raw, processes, symbolizer, None);
     let meta = ProfileMeta {
         frequency_hz: 99,
         start: SystemTime::now(),

@@ -112,6 +112,20 @@ pub struct ProfileArgs {
     /// are counted and their code falls back to frame pointers.
     #[arg(long, value_name = "BYTES", default_value = "64MiB", value_parser = parse_byte_size)]
     pub unwind_table_memory: u64,
+
+    /// Name the Python functions of CPython 3.8-3.13 processes (`on`), or
+    /// leave their stacks native (`off`).
+    #[arg(long, value_enum, default_value = "on")]
+    pub python: SwitchArg,
+}
+
+/// A feature turned on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SwitchArg {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 const AGENT_SOURCES_HELP: &str = "\

@@ -12,8 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bpf::{online_cpu_count, ProcessEvent, SampleStats, Sampler, SamplerConfig, Window};
+use crate::bpf::{
+    online_cpu_count, pthread_specific_offset, task_fsbase_offset, ProcessEvent, PythonWalkOffsets, RawSample,
+    SampleStats, Sampler, SamplerConfig, Window,
+};
 use crate::process::{ProcessKey, ProcessTable};
+use crate::python::processes::PythonProcesses;
+use crate::symbolize::samples::{symbolize_samples, Sample};
+use crate::symbolize::Symbolizer;
 use crate::unwind::manager::UnwindManager;
 
 /// What a session samples and how.
@@ -31,6 +37,8 @@ pub struct SamplingSettings {
     /// Memory budget for unwind tables, or `None` to walk frame pointers
     /// only.
     pub unwind_table_memory: Option<u64>,
+    /// Walk and name the Python frames of CPython processes.
+    pub python: bool,
 }
 
 /// What a mode decides about the processes a session sees. The defaults
@@ -67,6 +75,11 @@ pub struct Session {
     /// Processes sampled without their unwind tables (their announcement
     /// was dropped), loaded with the next events.
     unwind_missing: Vec<ProcessKey>,
+    /// The Python processes, when Python frames are walked.
+    python: Option<PythonProcesses>,
+    /// What the user should know about this session (a feature that is
+    /// off on this machine), said once.
+    notes: Vec<String>,
 }
 
 impl Session {
@@ -79,6 +92,26 @@ impl Session {
         config.tgids = settings.pids.clone();
         config.verifier_log = settings.verifier_log;
         config.table_unwind = settings.unwind_table_memory.is_some();
+        let mut notes = Vec::new();
+        if settings.python {
+            match (task_fsbase_offset(), pthread_specific_offset()) {
+                (Ok(task_fsbase), Some(pthread_specific)) => {
+                    config.python = Some(PythonWalkOffsets {
+                        task_fsbase,
+                        pthread_specific,
+                    })
+                }
+                (Err(why), _) => notes.push(format!(
+                    "Python frames are off: {why}; CPython processes keep their native stacks"
+                )),
+                (_, None) => notes.push(
+                    "Python frames are off: this libc keeps thread-specific data where taskprof cannot find it; \
+                     CPython processes keep their native stacks"
+                        .to_string(),
+                ),
+            }
+        }
+        let python = config.python.map(|_| PythonProcesses::default());
         let sampler = Sampler::load(config)?;
         let mut session = Session {
             sampler,
@@ -86,7 +119,17 @@ impl Session {
             unwind: settings.unwind_table_memory.map(UnwindManager::new),
             unwind_forgotten: Vec::new(),
             unwind_missing: Vec::new(),
+            python,
+            notes,
         };
+        if let Some(python) = &mut session.python {
+            // As for unwind tables: the processes named by --pid are
+            // walked from their first sample.
+            for &tgid in &settings.pids {
+                python.preload(&session.sampler, tgid, &mut session.processes);
+            }
+            session.notes.extend(python.take_notes());
+        }
         if let Some(unwind) = &mut session.unwind {
             // Samples carry the BPF program's own incarnation numbers: the
             // process is captured again under its number when first sampled.
@@ -135,6 +178,12 @@ impl Session {
                 }
             }
         }
+        if let Some(python) = &mut self.python {
+            for &key in &admitted {
+                python.process_new(&self.sampler, key, &self.processes);
+            }
+            self.notes.extend(python.take_notes());
+        }
         for event in events {
             match event {
                 ProcessEvent::New { tgid, incarnation } => {
@@ -161,6 +210,9 @@ impl Session {
         if let Some(unwind) = &mut self.unwind {
             unwind.poll(&mut self.sampler, &self.processes);
         }
+        if let Some(python) = &mut self.python {
+            python.look(&self.sampler, false);
+        }
     }
 
     /// The BPF counters so far, without draining.
@@ -170,14 +222,40 @@ impl Session {
 
     /// Reads and clears the samples aggregated since the last drain.
     pub fn drain_window(&mut self) -> anyhow::Result<Window> {
-        self.sampler
+        if let Some(python) = &mut self.python {
+            // Names for the Python stacks sampled since the last look,
+            // while their processes may still be alive.
+            python.look(&self.sampler, true);
+        }
+        let window = self
+            .sampler
             .drain_window()
-            .context("failed to read the window's samples")
+            .context("failed to read the window's samples")?;
+        if let Some(python) = &mut self.python {
+            python.window_drained();
+        }
+        Ok(window)
+    }
+
+    /// Symbolizes a drained window's samples with what the session knows
+    /// of their processes.
+    pub fn symbolize(&mut self, raw: &[RawSample], symbolizer: &mut Symbolizer) -> Vec<Sample> {
+        symbolize_samples(raw, &mut self.processes, symbolizer, self.python.as_mut())
+    }
+
+    /// The Python processes, when Python frames are walked.
+    pub fn python(&self) -> Option<&PythonProcesses> {
+        self.python.as_ref()
+    }
+
+    /// Takes what the user should be told about the session so far.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
     }
 
     /// Ends the session: detaches the sampler and hands back what it saw.
-    pub fn finish(self) -> ProcessTable {
-        self.processes
+    pub fn finish(self) -> (ProcessTable, Option<PythonProcesses>) {
+        (self.processes, self.python)
     }
 
     /// The processes seen so far.
@@ -200,6 +278,9 @@ impl Session {
     pub fn forget(&mut self, key: ProcessKey) {
         self.processes.forget(key);
         self.unwind_forgotten.push(key);
+        if let Some(python) = &mut self.python {
+            python.forget(&self.sampler, key);
+        }
     }
 
     /// A process was sampled before its unwind tables were loaded (its

@@ -203,6 +203,7 @@ impl AgentConfig {
             pids: sampling.pids.clone(),
             verifier_log: sampling.verifier_log,
             unwind_table_memory: sampling.unwind_table_memory,
+            python: true,
         }
     }
 

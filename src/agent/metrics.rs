@@ -85,6 +85,21 @@ pub struct Metrics {
     /// without unwinding because their process had more than the BPF
     /// program searches (256).
     pub unwind_mappings_over_limit: Counter,
+    /// `taskprof_python_processes{status}`: CPython processes found since
+    /// start, by whether their frames are walked (`walked`) or why not
+    /// (`unsupported`, `unreadable`).
+    pub python_processes: Family<StatusLabels, Gauge>,
+    /// `taskprof_python_stacks_total{result}`: samples whose Python frames
+    /// were walked, `complete` or `incomplete` (depth limit, unreadable
+    /// frame).
+    pub python_stacks: Family<ResultLabels, Counter>,
+}
+
+/// The `status` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The status.
+    pub status: String,
 }
 
 /// The `result` label.
@@ -264,6 +279,20 @@ impl Metrics {
                 None,
                 Counter::default(),
             ),
+            python_processes: register(
+                &mut r,
+                "taskprof_python_processes",
+                "CPython processes found since start, by status: walked, unsupported or unreadable",
+                None,
+                Family::default(),
+            ),
+            python_stacks: register(
+                &mut r,
+                "taskprof_python_stacks",
+                "Samples whose Python frames were walked, by result: complete or incomplete",
+                None,
+                Family::default(),
+            ),
             ready: register(
                 &mut r,
                 "taskprof_ready",
@@ -289,6 +318,22 @@ impl Metrics {
     /// Raises `taskprof_stacks_lost_total{cause}` to an absolute total.
     pub fn set_stacks_lost_total(&self, cause: &str, total: u64) {
         raise_to(&self.stacks_lost.get_or_create(&cause_labels(cause)), total);
+    }
+
+    /// Sets `taskprof_python_processes{status}`.
+    pub fn set_python_processes(&self, status: &str, count: u64) {
+        let labels = StatusLabels {
+            status: status.to_string(),
+        };
+        self.python_processes.get_or_create(&labels).set(count as i64);
+    }
+
+    /// Raises `taskprof_python_stacks_total{result}` to an absolute total.
+    pub fn set_python_stacks_total(&self, result: &str, total: u64) {
+        let labels = ResultLabels {
+            result: result.to_string(),
+        };
+        raise_to(&self.python_stacks.get_or_create(&labels), total);
     }
 
     /// Raises `taskprof_user_stacks_total{result}` to an absolute total.

@@ -124,6 +124,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             session.handle_events(wait, &mut processor);
+            for note in session.take_notes() {
+                tracing::warn!("{note}");
+            }
         }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping {
@@ -216,5 +219,12 @@ fn record_window(
         metrics.unwind_table_bytes.set(unwind.used_bytes() as i64);
         raise_to(&metrics.unwind_tables_over_budget, unwind.stats().budget_exhausted);
         raise_to(&metrics.unwind_mappings_over_limit, unwind.stats().mappings_dropped);
+    }
+    if let Some(python) = session.python() {
+        for (status, count) in python.statuses() {
+            metrics.set_python_processes(status.label(), *count);
+        }
+        metrics.set_python_stacks_total("complete", totals.python_walked - totals.python_incomplete);
+        metrics.set_python_stacks_total("incomplete", totals.python_incomplete);
     }
 }

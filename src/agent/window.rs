@@ -14,7 +14,7 @@ use crate::bpf::{Truncation, Window};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
 use crate::process::{process_start_time, ProcessKey};
 use crate::session::{ProcessFilter, Session};
-use crate::symbolize::samples::{symbolize_samples, Sample};
+use crate::symbolize::samples::Sample;
 use crate::symbolize::Symbolizer;
 use crate::upload::{Batch, SeriesProfile};
 
@@ -125,7 +125,7 @@ impl WindowProcessor {
                 Verdict::Drop => filtered += raw.count,
             }
         }
-        let samples = symbolize_samples(&kept, session.processes_mut(), &mut self.symbolizer);
+        let samples = session.symbolize(&kept, &mut self.symbolizer);
         let mut by_process: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
         for (raw, sample) in kept.iter().zip(samples) {
             let key = ProcessKey::new(raw.tgid, raw.incarnation);

@@ -45,6 +45,10 @@ pub struct SampleStats {
     /// User stacks the unwinder stopped early, by reason (indexed like
     /// [`Truncation::ALL`]).
     pub unwind_truncated: [u64; 5],
+    /// Samples whose Python frames were walked.
+    pub python_walked: u64,
+    /// Of those, walks that stopped early (depth limit, unreadable frame).
+    pub python_incomplete: u64,
 }
 
 impl SampleStats {
@@ -72,6 +76,8 @@ impl SampleStats {
         for (mine, theirs) in self.unwind_truncated.iter_mut().zip(other.unwind_truncated) {
             *mine += theirs;
         }
+        self.python_walked += other.python_walked;
+        self.python_incomplete += other.python_incomplete;
     }
 
     /// User stacks the unwinder stopped early, for `reason`.
@@ -104,6 +110,8 @@ impl SampleStats {
                 at(types::stat_index::STAT_UNWIND_DEPTH),
                 at(types::stat_index::STAT_UNWIND_NOT_LOADED),
             ],
+            python_walked: at(types::stat_index::STAT_PYTHON_WALKED),
+            python_incomplete: at(types::stat_index::STAT_PYTHON_INCOMPLETE),
         }
     }
 }

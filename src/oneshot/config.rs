@@ -84,6 +84,8 @@ pub struct ProfileConfig {
     /// Memory budget for unwind tables, or `None` to walk frame pointers
     /// only.
     pub unwind_table_memory: Option<u64>,
+    /// Walk and name Python frames.
+    pub python: bool,
 }
 
 impl ProfileConfig {
@@ -95,6 +97,7 @@ impl ProfileConfig {
             pids: self.pids.clone(),
             verifier_log: self.verifier_log,
             unwind_table_memory: self.unwind_table_memory,
+            python: self.python,
         }
     }
 
@@ -124,6 +127,7 @@ impl ProfileConfig {
             format,
             verifier_log: args.verifier_log,
             unwind_table_memory: (args.unwind == crate::cli::UnwindArg::Dwarf).then_some(args.unwind_table_memory),
+            python: args.python == crate::cli::SwitchArg::On,
         })
     }
 }

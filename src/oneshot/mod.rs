@@ -49,6 +49,12 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             .saturating_sub(started.elapsed())
             .min(Duration::from_millis(100));
         session.handle_events(wait, &mut AllProcesses);
+        for note in session.take_notes() {
+            if progress {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("taskprof: {note}");
+        }
         if progress && last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
             let samples = session.live_stats().map(|s| s.samples).unwrap_or(0);
@@ -71,10 +77,10 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
 
     session.handle_events(Duration::ZERO, &mut AllProcesses);
     let Window { samples: raw, stats } = session.drain_window()?;
-    let mut processes = session.finish();
+    let (mut processes, mut python) = session.finish();
 
     let mut symbolizer = Symbolizer::new();
-    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer);
+    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer, python.as_mut());
     let meta = ProfileMeta {
         frequency_hz: config.frequency_hz,
         start: started_at,
@@ -122,7 +128,7 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
     };
     format!(
         "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
-         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}wrote {}; {}",
+         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
@@ -136,8 +142,20 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         s.kernel_stack_map_full,
         s.kernel_stack_error,
         unwind_summary(s),
+        python_summary(s),
         path.display(),
         open
+    )
+}
+
+/// How many samples had their Python frames walked, when any had.
+fn python_summary(stats: &SampleStats) -> String {
+    if stats.python_walked == 0 {
+        return String::new();
+    }
+    format!(
+        "python frames in {} samples ({} stopped early); ",
+        stats.python_walked, stats.python_incomplete
     )
 }
 

@@ -16,7 +16,13 @@ pub fn folded_lines(samples: &[Sample]) -> Vec<String> {
         for frame in sample.frames.iter().rev() {
             for line in frame.lines.iter().rev() {
                 stack.push(';');
-                stack.push_str(&clean(&line.function.name));
+                // Python frames as `module.qualname`, as py-spy shows them.
+                let name = if frame.python {
+                    &line.function.system_name
+                } else {
+                    &line.function.name
+                };
+                stack.push_str(&clean(name));
                 if frame.kernel {
                     stack.push_str("_[k]");
                 }

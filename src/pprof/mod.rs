@@ -63,6 +63,7 @@ mod tests {
             mapping: Some(Arc::clone(&app)),
             lines,
             kernel: false,
+            python: false,
         };
         let hot = frame(0x1100, lines(&[("inlined_leaf", 7), ("hot", 3)]));
         let main = frame(0x1200, lines(&[("main", 9)]));
@@ -71,12 +72,14 @@ mod tests {
             mapping: Some(kernel),
             lines: synthetic_lines("ksys_read"),
             kernel: true,
+            python: false,
         };
         let unknown = Frame {
             address: 0x9999,
             mapping: None,
             lines: synthetic_lines("[unknown]"),
             kernel: false,
+            python: false,
         };
         let sample = |tid, frames: Vec<Frame>, count| Sample {
             pid: 10,

@@ -13,3 +13,4 @@ pub mod linetable;
 pub mod merge;
 pub mod namer;
 pub mod offsets;
+pub mod processes;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bpf::{RawSample, Stack};
 use crate::process::{MappingKind, ProcessKey, ProcessTable};
+use crate::python::processes::PythonProcesses;
 use crate::symbolize::{synthetic_lines, Lines, Symbolizer};
 
 /// The mapping a user frame lies in, as profiles describe it.
@@ -40,6 +41,9 @@ pub struct Frame {
     pub lines: Lines,
     /// Whether this is a kernel frame.
     pub kernel: bool,
+    /// Whether this is a Python frame (named from a code object; its
+    /// function's `system_name` is `module.qualname`).
+    pub python: bool,
 }
 
 /// A symbolized, aggregated sample.
@@ -78,7 +82,12 @@ enum UserTarget {
 /// Symbolizes raw samples. Processes never captured (announcement lost or
 /// too short-lived) are captured now if still alive. No address fails the
 /// whole: unknowns get `file+offset` or `[unknown]` frames.
-pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbolizer: &mut Symbolizer) -> Vec<Sample> {
+pub fn symbolize_samples(
+    raw: &[RawSample],
+    processes: &mut ProcessTable,
+    symbolizer: &mut Symbolizer,
+    mut python: Option<&mut PythonProcesses>,
+) -> Vec<Sample> {
     let key_of = |sample: &RawSample| ProcessKey::new(sample.tgid, sample.incarnation);
     for sample in raw {
         processes.observe(key_of(sample));
@@ -149,41 +158,58 @@ pub fn symbolize_samples(raw: &[RawSample], processes: &mut ProcessTable, symbol
                             mapping,
                             lines,
                             kernel: true,
+                            python: false,
                         });
                     }
                 }
             }
+            let mut user = Vec::with_capacity(sample.user.frames().len());
+            for (depth, &address) in sample.user.frames().iter().enumerate() {
+                let leaf = depth == 0;
+                let frame = match &targets[&(key_of(sample), address, leaf)] {
+                    UserTarget::Object { mapping, key, offset } => Frame {
+                        address,
+                        mapping: Some(Arc::clone(mapping)),
+                        lines: symbolizer
+                            .object_lines(*key, *offset)
+                            .unwrap_or_else(|| synthetic_lines(format!("{}+{:#x}", mapping.filename, offset))),
+                        kernel: false,
+                        python: false,
+                    },
+                    UserTarget::Named { mapping, lines } => Frame {
+                        address,
+                        mapping: mapping.clone(),
+                        lines: Arc::clone(lines),
+                        kernel: false,
+                        python: false,
+                    },
+                    UserTarget::Jit { mapping } => Frame {
+                        address,
+                        mapping: Some(Arc::clone(mapping)),
+                        lines: symbolizer
+                            .perf_map_lines(sample.tgid, address)
+                            .unwrap_or_else(|| synthetic_lines(format!("[anon]+{:#x}", address - mapping.start))),
+                        kernel: false,
+                        python: false,
+                    },
+                };
+                user.push(frame);
+            }
+            if let Some(python) = python.as_deref_mut() {
+                // Python frames go where their evaluator's frames are; a
+                // thread running no Python keeps its native stack.
+                user = python.merge(
+                    key_of(sample),
+                    &sample.python,
+                    user,
+                    |frame| (!frame.python && frame.mapping.is_some()).then_some(frame.address),
+                    python_frame,
+                );
+            }
+            frames.extend(user);
             match &sample.user {
                 Stack::Lost(loss) => frames.push(lost_frame(loss.frame_name(), false)),
                 stack => {
-                    for (depth, &address) in stack.frames().iter().enumerate() {
-                        let leaf = depth == 0;
-                        let frame = match &targets[&(key_of(sample), address, leaf)] {
-                            UserTarget::Object { mapping, key, offset } => Frame {
-                                address,
-                                mapping: Some(Arc::clone(mapping)),
-                                lines: symbolizer
-                                    .object_lines(*key, *offset)
-                                    .unwrap_or_else(|| synthetic_lines(format!("{}+{:#x}", mapping.filename, offset))),
-                                kernel: false,
-                            },
-                            UserTarget::Named { mapping, lines } => Frame {
-                                address,
-                                mapping: mapping.clone(),
-                                lines: Arc::clone(lines),
-                                kernel: false,
-                            },
-                            UserTarget::Jit { mapping } => Frame {
-                                address,
-                                mapping: Some(Arc::clone(mapping)),
-                                lines: symbolizer.perf_map_lines(sample.tgid, address).unwrap_or_else(|| {
-                                    synthetic_lines(format!("[anon]+{:#x}", address - mapping.start))
-                                }),
-                                kernel: false,
-                            },
-                        };
-                        frames.push(frame);
-                    }
                     if let Some(reason) = stack.truncation() {
                         frames.push(lost_frame(reason.frame_name(), false));
                     }
@@ -219,12 +245,25 @@ fn lookup_address(address: u64, leaf: bool) -> u64 {
     }
 }
 
+/// A Python frame: no address or mapping, a function named from its code
+/// object.
+fn python_frame(lines: Lines) -> Frame {
+    Frame {
+        address: 0,
+        mapping: None,
+        lines,
+        kernel: false,
+        python: true,
+    }
+}
+
 fn lost_frame(name: &str, kernel: bool) -> Frame {
     Frame {
         address: 0,
         mapping: None,
         lines: synthetic_lines(name),
         kernel,
+        python: false,
     }
 }
 

@@ -19,6 +19,7 @@ mod profile_jit;
 mod profile_output_formats;
 mod profile_pprof_format;
 mod profile_pprof_tool;
+mod profile_python;
 mod profile_signals;
 mod profile_stacks;
 mod profile_unwind;

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use taskprof::pprof::proto::{Profile, Sample};
+pub use taskprof::pprof::proto::{Profile, Sample};
 
 pub mod agent_run;
 pub mod fake_kube;
@@ -432,8 +432,9 @@ pub fn path_arg(path: &Path) -> &str {
 /// A finished `taskprof profile` run that wrote a pprof file.
 pub struct RecordedProfile {
     /// Scratch directory holding the output; removed on drop.
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
     pub output: PathBuf,
+    pub run: TaskprofRun,
     pub profile: Profile,
 }
 
@@ -464,8 +465,9 @@ pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> R
     run.assert_success();
     let profile = read_pprof(&output);
     RecordedProfile {
-        _dir: dir,
+        dir,
         output,
+        run,
         profile,
     }
 }
@@ -504,6 +506,14 @@ impl Frame {
     pub fn is_kernel(&self) -> bool {
         self.mapping == KERNEL_MAPPING
     }
+}
+
+/// A frame with its source position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceFrame {
+    pub function: String,
+    pub file: String,
+    pub line: i64,
 }
 
 /// One aggregated stack: root→leaf frames and their sample count.
@@ -620,6 +630,31 @@ impl<'a> ProfileView<'a> {
                 leaf_first.push(Frame {
                     function: self.string(function.name).to_owned(),
                     mapping: mapping.clone(),
+                });
+            }
+        }
+        leaf_first.reverse();
+        leaf_first
+    }
+
+    /// A sample's frames, root to leaf, with each line's function, source
+    /// file and line number (one entry per line of a location).
+    pub fn frames_with_lines(&self, sample: &Sample) -> Vec<SourceFrame> {
+        let mut leaf_first = Vec::new();
+        for id in &sample.location_id {
+            let location = self
+                .locations
+                .get(id)
+                .unwrap_or_else(|| panic!("sample refers to missing location {id}"));
+            for line in &location.line {
+                let function = self
+                    .functions
+                    .get(&line.function_id)
+                    .unwrap_or_else(|| panic!("line refers to missing function {}", line.function_id));
+                leaf_first.push(SourceFrame {
+                    function: self.string(function.name).to_owned(),
+                    file: self.string(function.filename).to_owned(),
+                    line: line.line,
                 });
             }
         }

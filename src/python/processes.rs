@@ -1,0 +1,331 @@
+//! The Python processes of a session: found when a process is first
+//! captured, handed to the BPF walker, and named from while they live.
+//!
+//! Finding the interpreter reads the process's mappings and the symbols of
+//! its interpreter file once; the result is cached by file, so a hundred
+//! workers of one interpreter cost one symbol read. An interpreter that
+//! cannot be walked (an unsupported version, a stripped binary) keeps its
+//! native stacks, and is counted and named once in the log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use super::detect::{find_interpreter, DetectError, Interpreter};
+use super::merge::interleave;
+use super::namer::{PythonNamer, PythonTarget};
+use crate::bpf::{PythonStack, PythonWalk, Sampler};
+use crate::process::maps::{parse_maps, Backing, MapsEntry};
+use crate::process::{path_in_root, FileKey, MappingKind, ProcessKey, ProcessTable};
+use crate::symbolize::{synthetic_lines, Lines};
+
+/// How often the session looks at new Python stacks while sampling.
+pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What became of a process's interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PythonStatus {
+    /// Its frames are walked.
+    Walked,
+    /// A CPython version taskprof has no layouts for.
+    Unsupported,
+    /// A CPython whose symbols or version could not be found.
+    Unreadable,
+}
+
+impl PythonStatus {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            PythonStatus::Walked => "walked",
+            PythonStatus::Unsupported => "unsupported",
+            PythonStatus::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// Why a process's interpreter is not walked, as logged; empty for a
+/// process that runs no Python.
+fn reason(err: &DetectError, name: &str) -> String {
+    match err {
+        DetectError::NotPython => String::new(),
+        DetectError::Unsupported { version, .. } => {
+            format!("{name}: CPython {version} is not supported (3.8 to 3.13 are); its stacks stay native")
+        }
+        other => format!("{name}: Python frames cannot be walked ({other}); its stacks stay native"),
+    }
+}
+
+/// Whether a mapped file may be a CPython interpreter: a `libpython3.X`
+/// or an executable called `python*`.
+fn may_hold_interpreter(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.starts_with("libpython") || name.starts_with("python")
+}
+
+/// One walked Python process.
+struct Walked {
+    target: PythonTarget,
+    interpreter: Arc<Interpreter>,
+}
+
+/// The session's Python processes.
+pub struct PythonProcesses {
+    walked: HashMap<ProcessKey, Walked>,
+    /// Interpreters found, by the mapped file and the process's load
+    /// address of it; `Err` (the reason logged) for files that are not one.
+    by_file: HashMap<(FileKey, u64), Result<Arc<Interpreter>, String>>,
+    /// Python stacks already looked at in the window in progress.
+    seen: HashSet<(u32, u32, u64)>,
+    namer: PythonNamer,
+    /// Processes by status, ever.
+    statuses: BTreeMap<PythonStatus, u64>,
+    /// Reasons already said, to say each once.
+    said: HashSet<String>,
+    /// Reasons not yet taken by [`PythonProcesses::take_notes`].
+    notes: Vec<String>,
+    last_look: std::time::Instant,
+}
+
+impl Default for PythonProcesses {
+    fn default() -> Self {
+        PythonProcesses {
+            walked: HashMap::default(),
+            by_file: HashMap::default(),
+            seen: HashSet::default(),
+            namer: PythonNamer::default(),
+            statuses: BTreeMap::new(),
+            said: HashSet::default(),
+            notes: Vec::new(),
+            last_look: std::time::Instant::now(),
+        }
+    }
+}
+
+impl PythonProcesses {
+    /// Looks for CPython in a newly captured process and, when it is one
+    /// taskprof can walk, hands its layouts to the BPF walker.
+    pub fn process_new(&mut self, sampler: &Sampler, key: ProcessKey, processes: &ProcessTable) {
+        if self.walked.contains_key(&key) {
+            return;
+        }
+        let Some(info) = processes.get(key) else {
+            return;
+        };
+        // Only a process that maps a libpython or runs an executable named
+        // python* is looked into: reading symbols of every new binary
+        // would cost each process on a busy host.
+        let Some(candidate) = info.mappings.iter().find(|m| may_hold_interpreter(&m.name)) else {
+            return;
+        };
+        let MappingKind::Object(file) = candidate.kind else {
+            return;
+        };
+        let file_id = (file, candidate.start - candidate.offset);
+        let found = match self.by_file.get(&file_id) {
+            Some(found) => found.clone(),
+            None => {
+                let found = self.find(key, processes).map_err(|err| reason(&err, &info.name));
+                self.by_file.insert(file_id, found.clone());
+                found
+            }
+        };
+        match found {
+            Ok(interpreter) => self.walk(sampler, key, interpreter),
+            Err(reason) if reason.is_empty() => {}
+            Err(reason) => {
+                let status = if reason.contains("is not supported") {
+                    PythonStatus::Unsupported
+                } else {
+                    PythonStatus::Unreadable
+                };
+                *self.statuses.entry(status).or_default() += 1;
+                if self.said.insert(reason.clone()) {
+                    self.notes.push(reason);
+                }
+            }
+        }
+    }
+
+    /// Hands the walker the layouts of process `tgid` before sampling
+    /// starts, for whichever incarnation is sampled first (the BPF walker
+    /// takes incarnation 0 as any). Its names are read once its first
+    /// sample announces it under its own incarnation.
+    pub fn preload(&mut self, sampler: &Sampler, tgid: u32, processes: &mut ProcessTable) {
+        let key = ProcessKey::new(tgid, 0);
+        let known = processes.get(key).is_some();
+        if !known {
+            processes.observe(key);
+        }
+        // Counted when the process is announced, not twice.
+        let statuses = self.statuses.clone();
+        self.process_new(sampler, key, processes);
+        self.statuses = statuses;
+        self.walked.remove(&key);
+        if !known {
+            processes.forget(key);
+        }
+    }
+
+    /// Reads the process's maps and finds its interpreter, reading files
+    /// through the handles the process table holds.
+    fn find(&self, key: ProcessKey, processes: &ProcessTable) -> Result<Arc<Interpreter>, DetectError> {
+        let proc_dir = PathBuf::from("/proc").join(key.tgid.to_string());
+        // A process gone since it was captured runs nothing to walk.
+        let text = std::fs::read_to_string(proc_dir.join("maps")).map_err(|_| DetectError::NotPython)?;
+        let maps = parse_maps(&text);
+        let info = processes.get(key);
+        let root_link = std::fs::read_link(proc_dir.join("root")).unwrap_or_default();
+        let open = |entry: &MapsEntry| -> PathBuf {
+            let path = match &entry.backing {
+                Backing::File(path) | Backing::DeletedFile(path) => path.as_path(),
+                _ => Path::new(""),
+            };
+            let held = info.and_then(|info| {
+                info.mappings
+                    .iter()
+                    .filter(|m| Path::new(&m.name) == path)
+                    .find_map(|m| match m.kind {
+                        MappingKind::Object(file) => processes.object(file).map(|o| o.handle_path()),
+                        _ => None,
+                    })
+            });
+            held.unwrap_or_else(|| proc_dir.join("root").join(path_in_root(&root_link, path)))
+        };
+        // A fresh inspector each time: it caches what it parsed, and an
+        // interpreter's symbols are needed once.
+        let inspector = blazesym::inspect::Inspector::new();
+        find_interpreter(&maps, open, &inspector).map(Arc::new)
+    }
+
+    fn walk(&mut self, sampler: &Sampler, key: ProcessKey, interpreter: Arc<Interpreter>) {
+        let offsets = interpreter.offsets;
+        let walk = PythonWalk {
+            incarnation: key.incarnation,
+            layout: offsets.frame.layout as u8,
+            tss_key_address: interpreter.tss_key_address(),
+            tstate_frame: offsets.thread_state.frame,
+            cframe_current_frame: offsets.thread_state.cframe_current_frame,
+            frame_back: offsets.frame.back,
+            frame_code: offsets.frame.code,
+            frame_instr: offsets.frame.instr,
+            frame_entry: offsets.frame.entry,
+        };
+        if let Err(err) = sampler.set_python_process(key.tgid, &walk) {
+            tracing::debug!(pid = key.tgid, "failed to hand a Python process to the walker: {err}");
+            return;
+        }
+        self.walked.insert(
+            key,
+            Walked {
+                target: PythonTarget {
+                    key,
+                    offsets,
+                    code_type: interpreter.code_type_address,
+                },
+                interpreter,
+            },
+        );
+        *self.statuses.entry(PythonStatus::Walked).or_default() += 1;
+    }
+
+    /// Looks at the Python stacks sampled since the last look, at most
+    /// every [`LOOK_EVERY`] unless `now`, and reads the code objects they
+    /// name while their processes live.
+    pub fn look(&mut self, sampler: &Sampler, now: bool) {
+        if self.walked.is_empty() || (!now && self.last_look.elapsed() < LOOK_EVERY) {
+            return;
+        }
+        self.last_look = std::time::Instant::now();
+        for (tgid, incarnation, stack) in sampler.new_python_stacks(&mut self.seen) {
+            let key = ProcessKey::new(tgid, incarnation);
+            if let (Some(walked), PythonStack::Frames(frames, _)) = (self.walked.get(&key), &stack) {
+                self.namer.learn(&walked.target, frames);
+            }
+        }
+    }
+
+    /// A window was drained: its stacks are no longer in the maps.
+    pub fn window_drained(&mut self) {
+        self.seen.clear();
+    }
+
+    /// Reads the code objects of a drained window's samples that were not
+    /// looked at yet (sampled since the last look).
+    pub fn learn(&mut self, key: ProcessKey, stack: &PythonStack) {
+        if let (Some(walked), PythonStack::Frames(frames, _)) = (self.walked.get(&key), stack) {
+            self.namer.learn(&walked.target, frames);
+        }
+    }
+
+    /// Places a sample's Python frames among its native user frames
+    /// (leaf first), with `address_of` giving each native frame's address.
+    /// Returns the native frames untouched when the thread ran no Python.
+    pub fn merge<T>(
+        &mut self,
+        key: ProcessKey,
+        stack: &PythonStack,
+        native: Vec<T>,
+        address_of: impl Fn(&T) -> Option<u64>,
+        python_frame: impl Fn(Lines) -> T,
+    ) -> Vec<T> {
+        let Some(walked) = self.walked.get(&key) else {
+            return native;
+        };
+        let (frames, stop) = match stack {
+            PythonStack::Frames(frames, stop) => (frames, *stop),
+            PythonStack::Lost(loss) => {
+                let mut native = native;
+                native.push(python_frame(synthetic_lines(format!(
+                    "[python: {}]",
+                    loss.frame_name()
+                ))));
+                return native;
+            }
+            PythonStack::None => return native,
+        };
+        let target = walked.target;
+        let interpreter = Arc::clone(&walked.interpreter);
+        let mut python: Vec<T> = frames
+            .iter()
+            .map(|frame| python_frame(self.namer.frame_lines(&target, frame)))
+            .collect();
+        let mut entry: Vec<bool> = frames.iter().map(|frame| frame.entry).collect();
+        if let Some(stop) = stop {
+            python.push(python_frame(synthetic_lines(stop.frame_name())));
+            entry.push(true);
+        }
+        // A return address may sit just past a call that ends its function.
+        interleave(native, python, &entry, |frame| {
+            address_of(frame).is_some_and(|address| {
+                interpreter.in_eval_frame(address) || interpreter.in_eval_frame(address.wrapping_sub(1))
+            })
+        })
+    }
+
+    /// Forgets a process, its walker entry and the names read from it.
+    pub fn forget(&mut self, sampler: &Sampler, key: ProcessKey) {
+        if self.walked.remove(&key).is_some() {
+            sampler.remove_python_process(key.tgid);
+            self.namer.forget(key);
+        }
+    }
+
+    /// Takes the reasons, each said once, why processes' Python frames
+    /// are not walked.
+    pub fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
+    /// Processes by status, since the session began.
+    pub fn statuses(&self) -> &BTreeMap<PythonStatus, u64> {
+        &self.statuses
+    }
+
+    /// Interpreters found, for tests: the path of `key`'s, if walked.
+    pub fn interpreter_path(&self, key: ProcessKey) -> Option<PathBuf> {
+        self.walked.get(&key).map(|w| w.interpreter.path.clone())
+    }
+}
