@@ -50,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agent(args) => {
             let config = AgentConfig::load(args, &|name| std::env::var(name).ok())?;
-            logging::init(config.log_format, &config.log_level)?;
+            logging::init(config.observability.log_format, &config.observability.log_level)?;
             let stop = stop_flag()?;
             agent::run(config, stop)
         }

@@ -34,35 +34,31 @@ use crate::util::secret::{read_secret_file, SecretFileError};
 
 const DEFAULT_LOG_LEVEL: &str = "info";
 
-/// A validated `taskprof agent`.
+/// A validated `taskprof agent`, grouped the way the agent's parts take
+/// it.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
+    /// What is sampled, and how often a window closes.
+    pub sampling: AgentSampling,
+    /// Where profiles go, and what happens when they cannot.
+    pub delivery: DeliveryConfig,
+    /// What every profile is labelled with.
+    pub identity: Identity,
+    /// Kubernetes metadata and filters.
+    pub kubernetes: KubernetesSettings,
+    /// The agent's own metrics and logs.
+    pub observability: Observability,
+}
+
+/// Sampling and symbolization settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSampling {
     /// Samples per second on each CPU.
     pub frequency_hz: u64,
     /// Time covered by each profile; at least a second.
     pub window: Duration,
-    /// Where profiles go, and how.
-    pub upload: UploadConfig,
-    /// Where profiles wait while the backend is unreachable.
-    pub spool: SpoolConfig,
-    /// Windows queued for upload before new ones are spooled.
-    pub queue_capacity: usize,
-    /// How long uploads may go on after a stop signal.
-    pub shutdown_grace: Duration,
-    /// `service_name` of every profile; `None` to use each process's name.
-    pub service_name: Option<String>,
-    /// The `node` label.
-    pub node_name: String,
-    /// Extra labels on every profile: valid, unreserved, unique names.
-    pub labels: Vec<(String, String)>,
     /// Processes to sample, sorted and live at start-up; empty for all.
     pub pids: Vec<u32>,
-    /// Address of the metrics endpoint.
-    pub metrics_address: SocketAddr,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Log filter directive, already checked to parse.
-    pub log_level: String,
     /// Show the verifier log on load failures.
     pub verifier_log: bool,
     /// Read DWARF for file names, lines and inlined frames.
@@ -72,8 +68,41 @@ pub struct AgentConfig {
     pub unwind_table_memory: Option<u64>,
     /// Walk and name Python frames.
     pub python: bool,
-    /// Kubernetes metadata and filters.
-    pub kubernetes: KubernetesSettings,
+}
+
+/// Upload, spool and shutdown settings.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Where profiles go, and how.
+    pub upload: UploadConfig,
+    /// Where profiles wait while the backend is unreachable.
+    pub spool: SpoolConfig,
+    /// Windows queued for upload before new ones are spooled.
+    pub queue_capacity: usize,
+    /// How long uploads may go on after a stop signal.
+    pub shutdown_grace: Duration,
+}
+
+/// The labels every profile carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `service_name` of every profile; `None` to use each process's name.
+    pub service_name: Option<String>,
+    /// The `node` label.
+    pub node_name: String,
+    /// Extra labels on every profile: valid, unreserved, unique names.
+    pub labels: Vec<(String, String)>,
+}
+
+/// The metrics endpoint and logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observability {
+    /// Address of the metrics endpoint.
+    pub metrics_address: SocketAddr,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Log filter directive, already checked to parse.
+    pub log_level: String,
 }
 
 /// Validated `--kubernetes` settings and the pod filters.
@@ -168,14 +197,15 @@ pub fn is_usage_error(err: &anyhow::Error) -> bool {
 
 impl AgentConfig {
     /// What the session samples.
-    pub fn sampling(&self) -> SamplingSettings {
+    pub fn session_settings(&self) -> SamplingSettings {
+        let sampling = &self.sampling;
         SamplingSettings {
-            frequency_hz: self.frequency_hz,
-            span: self.window,
-            pids: self.pids.clone(),
-            verifier_log: self.verifier_log,
-            unwind_table_memory: self.unwind_table_memory,
-            python: self.python,
+            frequency_hz: sampling.frequency_hz,
+            span: sampling.window,
+            pids: sampling.pids.clone(),
+            verifier_log: sampling.verifier_log,
+            unwind_table_memory: sampling.unwind_table_memory,
+            python: sampling.python,
         }
     }
 
@@ -302,24 +332,32 @@ impl AgentConfig {
         let python = sources.pick_or_default(PYTHON, python, file.python, cli::parse_switch)? == cli::SwitchArg::On;
 
         Ok(AgentConfig {
-            frequency_hz,
-            window,
-            upload,
-            spool,
-            queue_capacity,
-            shutdown_grace,
-            service_name,
-            node_name,
-            labels,
-            pids,
-            metrics_address,
-            log_format,
-            log_level,
-            verifier_log,
-            debug_info,
-            unwind_table_memory,
-            python,
+            sampling: AgentSampling {
+                frequency_hz,
+                window,
+                pids,
+                verifier_log,
+                debug_info,
+                unwind_table_memory,
+                python,
+            },
+            delivery: DeliveryConfig {
+                upload,
+                spool,
+                queue_capacity,
+                shutdown_grace,
+            },
+            identity: Identity {
+                service_name,
+                node_name,
+                labels,
+            },
             kubernetes,
+            observability: Observability {
+                metrics_address,
+                log_format,
+                log_level,
+            },
         })
     }
 }
@@ -1160,48 +1198,52 @@ mod tests {
     #[test]
     fn defaults() {
         let config = load(&URL, &[("NODE_NAME", "n1")]).unwrap();
-        assert_eq!(config.frequency_hz, 19);
-        assert_eq!(config.window, Duration::from_secs(10));
-        assert_eq!(config.upload.protocol, Protocol::Pyroscope);
-        assert_eq!(config.upload.url.as_str(), "http://pyroscope:4040/");
-        assert_eq!(config.upload.timeout, Duration::from_secs(10));
-        assert_eq!(config.upload.concurrency, 4);
-        assert_eq!(config.upload.auth, Auth::None);
-        assert!(config.upload.headers.is_empty() && config.upload.tls_ca_file.is_none());
-        assert!(!config.upload.tls_insecure_skip_verify);
-        assert_eq!(config.spool.dir, PathBuf::from("/var/lib/taskprof/spool"));
-        assert_eq!(config.spool.max_bytes, 256 * 1024 * 1024);
-        assert_eq!(config.queue_capacity, 16);
-        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
-        assert_eq!(config.service_name, None);
-        assert_eq!(config.node_name, "n1");
-        assert!(config.labels.is_empty() && config.pids.is_empty());
-        assert_eq!(config.metrics_address, "127.0.0.1:7071".parse().unwrap());
-        assert_eq!(config.log_format, LogFormat::Text);
-        assert_eq!(config.log_level, "info");
-        assert!(!config.verifier_log);
+        assert_eq!(config.sampling.frequency_hz, 19);
+        assert_eq!(config.sampling.window, Duration::from_secs(10));
+        assert_eq!(config.delivery.upload.protocol, Protocol::Pyroscope);
+        assert_eq!(config.delivery.upload.url.as_str(), "http://pyroscope:4040/");
+        assert_eq!(config.delivery.upload.timeout, Duration::from_secs(10));
+        assert_eq!(config.delivery.upload.concurrency, 4);
+        assert_eq!(config.delivery.upload.auth, Auth::None);
+        assert!(config.delivery.upload.headers.is_empty() && config.delivery.upload.tls_ca_file.is_none());
+        assert!(!config.delivery.upload.tls_insecure_skip_verify);
+        assert_eq!(config.delivery.spool.dir, PathBuf::from("/var/lib/taskprof/spool"));
+        assert_eq!(config.delivery.spool.max_bytes, 256 * 1024 * 1024);
+        assert_eq!(config.delivery.queue_capacity, 16);
+        assert_eq!(config.delivery.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.identity.service_name, None);
+        assert_eq!(config.identity.node_name, "n1");
+        assert!(config.identity.labels.is_empty() && config.sampling.pids.is_empty());
+        assert_eq!(config.observability.metrics_address, "127.0.0.1:7071".parse().unwrap());
+        assert_eq!(config.observability.log_format, LogFormat::Text);
+        assert_eq!(config.observability.log_level, "info");
+        assert!(!config.sampling.verifier_log);
     }
 
     #[test]
     fn flag_beats_env_beats_yaml_beats_default_for_a_scalar() {
         let (_file, path) = yaml("frequency: 7\nupload_url: http://from-yaml:4040\n");
         let config = |flags: &[&str], env: &[(&str, &str)]| load(flags, env).unwrap();
-        assert_eq!(config(&URL, &[]).frequency_hz, 19);
-        assert_eq!(config(&["--config", &path], &[]).frequency_hz, 7);
-        assert_eq!(config(&[], &[("TASKPROF_CONFIG", &path)]).frequency_hz, 7);
+        assert_eq!(config(&URL, &[]).sampling.frequency_hz, 19);
+        assert_eq!(config(&["--config", &path], &[]).sampling.frequency_hz, 7);
+        assert_eq!(config(&[], &[("TASKPROF_CONFIG", &path)]).sampling.frequency_hz, 7);
         assert_eq!(
-            config(&["--config", &path], &[("TASKPROF_FREQUENCY", "8")]).frequency_hz,
+            config(&["--config", &path], &[("TASKPROF_FREQUENCY", "8")])
+                .sampling
+                .frequency_hz,
             8
         );
         assert_eq!(
-            config(&["--config", &path, "-F", "9"], &[("TASKPROF_FREQUENCY", "8")]).frequency_hz,
+            config(&["--config", &path, "-F", "9"], &[("TASKPROF_FREQUENCY", "8")])
+                .sampling
+                .frequency_hz,
             9
         );
         let from_env = config(&["--config", &path], &[("TASKPROF_UPLOAD_URL", "https://env:1")]);
-        assert_eq!(from_env.upload.url.as_str(), "https://env:1/");
+        assert_eq!(from_env.delivery.upload.url.as_str(), "https://env:1/");
         let from_yaml = config(&["--config", &path], &[("TASKPROF_UPLOAD_URL", "")]);
         assert_eq!(
-            from_yaml.upload.url.as_str(),
+            from_yaml.delivery.upload.url.as_str(),
             "http://from-yaml:4040/",
             "empty env counts as unset"
         );
@@ -1210,7 +1252,7 @@ mod tests {
     #[test]
     fn flag_beats_env_beats_yaml_beats_default_for_labels() {
         let (_file, path) = yaml("upload_url: http://p:4040\nlabels:\n  team: yaml\n  version: 2\n");
-        let labels = |flags: &[&str], env: &[(&str, &str)]| load(flags, env).unwrap().labels;
+        let labels = |flags: &[&str], env: &[(&str, &str)]| load(flags, env).unwrap().identity.labels;
         let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
             list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
@@ -1248,35 +1290,41 @@ mod tests {
             pid = std::process::id(),
         ));
         let config = load(&["--config", &path], &[]).unwrap();
-        assert_eq!(config.frequency_hz, 49);
-        assert_eq!(config.window, Duration::from_secs(60));
-        assert_eq!(config.upload.protocol, Protocol::Parca);
-        assert_eq!(config.upload.url.as_str(), "http://parca:7070/");
-        assert_eq!(config.upload.timeout, Duration::from_secs(3));
-        assert_eq!(config.upload.concurrency, 8);
-        assert_eq!(config.upload.auth, Auth::Bearer(Secret::new("tok")));
-        assert_eq!(config.upload.headers, vec![("X-Scope-OrgID".into(), Secret::new("t1"))]);
-        assert_eq!(config.upload.tls_ca_file.as_deref(), Some(ca.path()));
-        assert!(config.upload.tls_insecure_skip_verify);
-        assert_eq!(config.spool.dir, dir.path());
-        assert_eq!(config.spool.max_bytes, 1 << 30);
-        assert_eq!(config.queue_capacity, 4);
-        assert_eq!(config.shutdown_grace, Duration::ZERO);
-        assert_eq!(config.service_name.as_deref(), Some("api"));
-        assert_eq!(config.node_name, "n7");
-        assert_eq!(config.labels, vec![("team".into(), "infra".into())]);
-        assert_eq!(config.pids, vec![std::process::id()]);
-        assert_eq!(config.metrics_address, "[::1]:9100".parse().unwrap());
-        assert_eq!(config.log_format, LogFormat::Json);
-        assert_eq!(config.log_level, "debug");
-        assert!(config.verifier_log);
+        assert_eq!(config.sampling.frequency_hz, 49);
+        assert_eq!(config.sampling.window, Duration::from_secs(60));
+        assert_eq!(config.delivery.upload.protocol, Protocol::Parca);
+        assert_eq!(config.delivery.upload.url.as_str(), "http://parca:7070/");
+        assert_eq!(config.delivery.upload.timeout, Duration::from_secs(3));
+        assert_eq!(config.delivery.upload.concurrency, 8);
+        assert_eq!(config.delivery.upload.auth, Auth::Bearer(Secret::new("tok")));
+        assert_eq!(
+            config.delivery.upload.headers,
+            vec![("X-Scope-OrgID".into(), Secret::new("t1"))]
+        );
+        assert_eq!(config.delivery.upload.tls_ca_file.as_deref(), Some(ca.path()));
+        assert!(config.delivery.upload.tls_insecure_skip_verify);
+        assert_eq!(config.delivery.spool.dir, dir.path());
+        assert_eq!(config.delivery.spool.max_bytes, 1 << 30);
+        assert_eq!(config.delivery.queue_capacity, 4);
+        assert_eq!(config.delivery.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.identity.service_name.as_deref(), Some("api"));
+        assert_eq!(config.identity.node_name, "n7");
+        assert_eq!(config.identity.labels, vec![("team".into(), "infra".into())]);
+        assert_eq!(config.sampling.pids, vec![std::process::id()]);
+        assert_eq!(config.observability.metrics_address, "[::1]:9100".parse().unwrap());
+        assert_eq!(config.observability.log_format, LogFormat::Json);
+        assert_eq!(config.observability.log_level, "debug");
+        assert!(config.sampling.verifier_log);
     }
 
     #[test]
     fn empty_yaml_file_sets_nothing() {
         let (_file, path) = yaml("# nothing yet\n");
         assert_eq!(
-            load(&["--config", &path, URL[0], URL[1]], &[]).unwrap().frequency_hz,
+            load(&["--config", &path, URL[0], URL[1]], &[])
+                .unwrap()
+                .sampling
+                .frequency_hz,
             19
         );
     }
@@ -1350,11 +1398,11 @@ mod tests {
         let from_url = format!("file://{from_path}");
         for given in [from_path, &format!("{from_path}/"), &from_url] {
             let config = load(&["--upload-protocol", "file", "--upload-url", given], &[]).unwrap();
-            assert_eq!(config.upload.url, expected, "{given}");
+            assert_eq!(config.delivery.upload.url, expected, "{given}");
         }
         let relative = load(&["--upload-protocol", "file", "--upload-url", "./out"], &[]).unwrap();
         let cwd = std::env::current_dir().unwrap().join("out");
-        assert_eq!(relative.upload.url, Url::from_directory_path(cwd).unwrap());
+        assert_eq!(relative.delivery.upload.url, Url::from_directory_path(cwd).unwrap());
         let err = load_err(&["--upload-protocol", "file", "--upload-url", "http://p:4040"], &[]);
         assert!(err.starts_with("--upload-url"), "{err}");
     }
@@ -1437,7 +1485,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.upload.headers,
+            config.delivery.upload.headers,
             vec![
                 ("X-Scope-OrgID".into(), Secret::new("t1")),
                 ("X-Url".into(), Secret::new("http://a:1"))
@@ -1462,7 +1510,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.upload.auth,
+            config.delivery.upload.auth,
             Auth::Basic {
                 user: "u".into(),
                 password: Secret::new("pw")
@@ -1510,7 +1558,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(config.upload.auth, Auth::Bearer(Secret::new("token-s3cret")));
+        assert_eq!(config.delivery.upload.auth, Auth::Bearer(Secret::new("token-s3cret")));
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
 
@@ -1548,22 +1596,29 @@ mod tests {
 
     #[test]
     fn node_name_defaults_to_node_name_env_then_hostname() {
-        assert_eq!(load(&URL, &[("NODE_NAME", "k8s-node")]).unwrap().node_name, "k8s-node");
+        assert_eq!(
+            load(&URL, &[("NODE_NAME", "k8s-node")]).unwrap().identity.node_name,
+            "k8s-node"
+        );
         assert_eq!(
             load(&URL, &[("NODE_NAME", "k8s-node"), ("TASKPROF_NODE_NAME", "mine")])
                 .unwrap()
+                .identity
                 .node_name,
             "mine"
         );
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        assert_eq!(load(&URL, &[]).unwrap().node_name, hostname.trim());
+        assert_eq!(load(&URL, &[]).unwrap().identity.node_name, hostname.trim());
     }
 
     #[test]
     fn rust_log_is_honoured_below_the_flag_and_its_variable() {
-        assert_eq!(load(&URL, &[("RUST_LOG", "debug")]).unwrap().log_level, "debug");
+        assert_eq!(
+            load(&URL, &[("RUST_LOG", "debug")]).unwrap().observability.log_level,
+            "debug"
+        );
         let env = [("RUST_LOG", "debug"), ("TASKPROF_LOG_LEVEL", "warn")];
-        assert_eq!(load(&URL, &env).unwrap().log_level, "warn");
+        assert_eq!(load(&URL, &env).unwrap().observability.log_level, "warn");
         let err = load_err(&URL, &[("RUST_LOG", "taskprof=loud")]);
         assert!(err.starts_with("RUST_LOG (--log-level)"), "{err}");
     }
@@ -1572,7 +1627,7 @@ mod tests {
     fn pids_must_be_live_processes() {
         let own = std::process::id().to_string();
         let config = load(&[URL[0], URL[1], "--pid", &own, "--pid", &own], &[]).unwrap();
-        assert_eq!(config.pids, vec![std::process::id()]);
+        assert_eq!(config.sampling.pids, vec![std::process::id()]);
         let err = load(&URL, &[("TASKPROF_PID", "4294967290")]).unwrap_err();
         assert!(
             matches!(err, AgentConfigError::Process(ConfigError::NoSuchProcess(_))),

@@ -40,36 +40,36 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (metrics_address, _server) = runtime.block_on(endpoint::serve(
-        config.metrics_address,
+        config.observability.metrics_address,
         metrics.clone(),
         Arc::clone(&ready),
     ))?;
 
-    if config.upload.tls_insecure_skip_verify {
+    if config.delivery.upload.tls_insecure_skip_verify {
         tracing::warn!(
             "--tls-insecure-skip-verify is set: server certificates are NOT checked, \
              so anyone on the network path can read or alter profiles and credentials"
         );
     }
-    let uploader = build_uploader(&config.upload, metrics.clone())?;
-    let spool = Spool::open(&config.spool, metrics.clone())?;
+    let uploader = build_uploader(&config.delivery.upload, metrics.clone())?;
+    let spool = Spool::open(&config.delivery.spool, metrics.clone())?;
     let options = DeliveryOptions {
-        queue_capacity: config.queue_capacity,
-        ..DeliveryOptions::for_window(config.window)
+        queue_capacity: config.delivery.queue_capacity,
+        ..DeliveryOptions::for_window(config.sampling.window)
     };
     let (delivery, worker) = {
         let _guard = runtime.enter();
         Delivery::start(uploader, spool, metrics.clone(), options)
     };
 
-    let mut session = Session::load(&config.sampling())?;
+    let mut session = Session::load(&config.session_settings())?;
 
     let labels = SeriesLabels {
-        service_name: config.service_name.clone(),
-        node: config.node_name.clone(),
-        extra: config.labels.clone(),
+        service_name: config.identity.service_name.clone(),
+        node: config.identity.node_name.clone(),
+        extra: config.identity.labels.clone(),
     };
-    let mut processor = WindowProcessor::new(config.frequency_hz, labels, config.debug_info);
+    let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info);
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();
@@ -104,9 +104,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     ready.store(true, Ordering::SeqCst);
     metrics.set_ready(true);
     tracing::info!(
-        frequency_hz = config.frequency_hz,
-        window = %humantime::format_duration(config.window),
-        protocol = ?config.upload.protocol,
+        frequency_hz = config.sampling.frequency_hz,
+        window = %humantime::format_duration(config.sampling.window),
+        protocol = ?config.delivery.upload.protocol,
         metrics = %metrics_address,
         "sampling"
     );
@@ -117,7 +117,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     // instant of its drain), and boundaries keep the configured cadence
     // however long processing a window takes.
     let mut start = SystemTime::now();
-    let mut boundary = Instant::now() + config.window;
+    let mut boundary = Instant::now() + config.sampling.window;
     loop {
         while Instant::now() < boundary && !stop.load(Ordering::Relaxed) {
             let wait = boundary
@@ -165,18 +165,18 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             break;
         }
         start = end;
-        boundary += config.window;
+        boundary += config.sampling.window;
         if boundary <= Instant::now() {
             // Processing overran a whole window: start the next one now.
             tracing::warn!("processing a window took longer than the window itself");
-            boundary = Instant::now() + config.window;
+            boundary = Instant::now() + config.sampling.window;
         }
     }
 
     ready.store(false, Ordering::SeqCst);
     metrics.set_ready(false);
-    tracing::info!(grace = %humantime::format_duration(config.shutdown_grace), "stopping: flushing uploads");
-    let summary = runtime.block_on(delivery.shutdown(config.shutdown_grace));
+    tracing::info!(grace = %humantime::format_duration(config.delivery.shutdown_grace), "stopping: flushing uploads");
+    let summary = runtime.block_on(delivery.shutdown(config.delivery.shutdown_grace));
     let _ = runtime.block_on(worker);
     tracing::info!(
         samples = totals.samples,

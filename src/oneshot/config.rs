@@ -90,7 +90,7 @@ pub struct ProfileConfig {
 
 impl ProfileConfig {
     /// What the session samples.
-    pub fn sampling(&self) -> SamplingSettings {
+    pub fn session_settings(&self) -> SamplingSettings {
         SamplingSettings {
             frequency_hz: self.frequency_hz,
             span: self.duration,

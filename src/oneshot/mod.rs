@@ -36,7 +36,7 @@ pub struct Summary {
 
 /// Runs a one-shot profile. `stop` is set by the signal handlers.
 pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> {
-    let mut session = Session::load(&config.sampling())?;
+    let mut session = Session::load(&config.session_settings())?;
     session.attach()?;
     let started_at = SystemTime::now();
     let started = Instant::now();

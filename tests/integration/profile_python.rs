@@ -58,11 +58,10 @@ impl PythonFixture {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|err| panic!("failed to start {}: {err}", python.display()));
-        let child = ChildGuard(child);
         // Let the interpreter start and enter the loop.
         std::thread::sleep(Duration::from_millis(400));
         PythonFixture {
-            child,
+            child: ChildGuard(child),
             _dir: dir,
             script,
             source: source.to_string(),
