@@ -91,7 +91,8 @@ pub struct Metrics {
     pub python_processes: Family<StatusLabels, Gauge>,
     /// `taskprof_python_stacks_total{result}`: samples whose Python frames
     /// were walked, `complete` or `incomplete` (depth limit, unreadable
-    /// frame).
+    /// frame), and samples in the interpreter taken before the walker had
+    /// the process (`not_loaded`).
     pub python_stacks: Family<ResultLabels, Counter>,
 }
 
@@ -289,7 +290,8 @@ impl Metrics {
             python_stacks: register(
                 &mut r,
                 "taskprof_python_stacks",
-                "Samples whose Python frames were walked, by result: complete or incomplete",
+                "Samples whose Python frames were walked, by result: complete or incomplete; not_loaded: \
+                 samples in the interpreter before the walker had the process",
                 None,
                 Family::default(),
             ),

@@ -226,5 +226,6 @@ fn record_window(
         }
         metrics.set_python_stacks_total("complete", totals.python_walked - totals.python_incomplete);
         metrics.set_python_stacks_total("incomplete", totals.python_incomplete);
+        metrics.set_python_stacks_total("not_loaded", python.not_loaded_samples());
     }
 }

@@ -32,6 +32,9 @@ pub struct Summary {
     pub processing: Duration,
     /// Whether a signal ended sampling early.
     pub interrupted: bool,
+    /// Samples in a Python interpreter taken before the walker had their
+    /// process.
+    pub python_not_loaded: u64,
 }
 
 /// Runs a one-shot profile. `stop` is set by the signal handlers.
@@ -115,6 +118,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         sampled_for,
         processing: processing_started.elapsed(),
         interrupted,
+        python_not_loaded: python.as_ref().map_or(0, |p| p.not_loaded_samples()),
     })
 }
 
@@ -142,20 +146,20 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         s.kernel_stack_map_full,
         s.kernel_stack_error,
         unwind_summary(s),
-        python_summary(s),
+        python_summary(s, summary.python_not_loaded),
         path.display(),
         open
     )
 }
 
 /// How many samples had their Python frames walked, when any had.
-fn python_summary(stats: &SampleStats) -> String {
-    if stats.python_walked == 0 {
+fn python_summary(stats: &SampleStats, not_loaded: u64) -> String {
+    if stats.python_walked == 0 && not_loaded == 0 {
         return String::new();
     }
     format!(
-        "python frames in {} samples ({} stopped early); ",
-        stats.python_walked, stats.python_incomplete
+        "python frames in {} samples ({} stopped early, {} before the process was set up); ",
+        stats.python_walked, stats.python_incomplete, not_loaded
     )
 }
 

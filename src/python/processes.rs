@@ -21,6 +21,10 @@ use crate::process::maps::{parse_maps, Backing, MapsEntry};
 use crate::process::{path_in_root, FileKey, MappingKind, ProcessKey, ProcessTable};
 use crate::symbolize::{synthetic_lines, Lines};
 
+/// The frame that stands for Python frames sampled before the walker had
+/// their process.
+pub const NOT_LOADED_FRAME: &str = "[python: not loaded yet]";
+
 /// How often the session looks at new Python stacks while sampling.
 pub const LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -86,6 +90,8 @@ pub struct PythonProcesses {
     said: HashSet<String>,
     /// Reasons not yet taken by [`PythonProcesses::take_notes`].
     notes: Vec<String>,
+    /// Samples in the interpreter taken before the walker had the process.
+    not_loaded_samples: u64,
     last_look: std::time::Instant,
 }
 
@@ -99,6 +105,7 @@ impl Default for PythonProcesses {
             statuses: BTreeMap::new(),
             said: HashSet::default(),
             notes: Vec::new(),
+            not_loaded_samples: 0,
             last_look: std::time::Instant::now(),
         }
     }
@@ -266,6 +273,7 @@ impl PythonProcesses {
     pub fn merge<T>(
         &mut self,
         key: ProcessKey,
+        count: u64,
         stack: &PythonStack,
         native: Vec<T>,
         address_of: impl Fn(&T) -> Option<u64>,
@@ -284,7 +292,30 @@ impl PythonProcesses {
                 ))));
                 return native;
             }
-            PythonStack::None => return native,
+            PythonStack::None => {
+                // Running the interpreter without Python frames walked: the
+                // sample came before the walker had the process.
+                let interpreter = Arc::clone(&walked.interpreter);
+                let running = native.iter().any(|frame| {
+                    address_of(frame).is_some_and(|address| {
+                        interpreter.in_eval_frame(address) || interpreter.in_eval_frame(address.wrapping_sub(1))
+                    })
+                });
+                if !running {
+                    return native;
+                }
+                self.not_loaded_samples += count;
+                return interleave(
+                    native,
+                    vec![python_frame(synthetic_lines(NOT_LOADED_FRAME))],
+                    &[true],
+                    |frame| {
+                        address_of(frame).is_some_and(|address| {
+                            interpreter.in_eval_frame(address) || interpreter.in_eval_frame(address.wrapping_sub(1))
+                        })
+                    },
+                );
+            }
         };
         let target = walked.target;
         let interpreter = Arc::clone(&walked.interpreter);
@@ -317,6 +348,12 @@ impl PythonProcesses {
     /// are not walked.
     pub fn take_notes(&mut self) -> Vec<String> {
         std::mem::take(&mut self.notes)
+    }
+
+    /// Samples in a Python process's interpreter taken before the walker
+    /// had the process, since the session began.
+    pub fn not_loaded_samples(&self) -> u64 {
+        self.not_loaded_samples
     }
 
     /// Processes by status, since the session began.

@@ -200,6 +200,7 @@ pub fn symbolize_samples(
                 // thread running no Python keeps its native stack.
                 user = python.merge(
                     key_of(sample),
+                    sample.count,
                     &sample.python,
                     user,
                     |frame| (!frame.python && frame.mapping.is_some()).then_some(frame.address),
