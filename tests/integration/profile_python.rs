@@ -338,6 +338,28 @@ napper(time.time() + float(sys.argv[1]))
     );
 }
 
+/// Profiles `pid` for 4 s with `taskprof profile --pid`, creating `go`
+/// (the fixture's signal to start its measured phase) once sampling runs,
+/// and returns the profile.
+fn profile_after_go(pid: u32, go: &Path, dir: &Path) -> crate::common::Profile {
+    let output = dir.join("profile.pb.gz");
+    let pid = pid.to_string();
+    let args = [
+        "profile",
+        "--duration",
+        "4s",
+        "--pid",
+        pid.as_str(),
+        "-o",
+        crate::common::path_arg(&output),
+    ];
+    let mut taskprof = crate::common::spawn_taskprof(args, dir);
+    taskprof.wait_until_sampling(Duration::from_secs(30));
+    std::fs::write(go, b"").expect("failed to signal the fixture");
+    taskprof.wait(Duration::from_secs(60)).assert_success();
+    crate::common::read_pprof(&output)
+}
+
 #[test]
 fn a_process_that_exits_mid_window_keeps_its_python_names() {
     // The chain runs for a second and a half once sampling runs, then the
@@ -353,24 +375,7 @@ fn a_process_that_exits_mid_window_keeps_its_python_names() {
     );
     let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), &source, 0.0);
     let pid = fixture.pid();
-    let output = dir.path().join("profile.pb.gz");
-    let pid_arg = pid.to_string();
-    let mut taskprof = crate::common::spawn_taskprof(
-        [
-            "profile",
-            "--duration",
-            "4s",
-            "--pid",
-            pid_arg.as_str(),
-            "-o",
-            crate::common::path_arg(&output),
-        ],
-        dir.path(),
-    );
-    taskprof.wait_until_sampling(Duration::from_secs(30));
-    std::fs::write(&go, b"").expect("failed to signal the fixture");
-    taskprof.wait(Duration::from_secs(60)).assert_success();
-    let profile = crate::common::read_pprof(&output);
+    let profile = profile_after_go(pid, &go, dir.path());
     let view = ProfileView::new(&profile);
     let stacks = view.stacks_for_pid(pid);
     assert!(
@@ -416,24 +421,7 @@ os.execv(sys.executable, [sys.executable, {chain:?}, "30"])
         chain = chain.to_string_lossy()
     );
     let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), &source, 0.0);
-    let output = dir.path().join("profile.pb.gz");
-    let pid = fixture.pid().to_string();
-    let mut taskprof = crate::common::spawn_taskprof(
-        [
-            "profile",
-            "--duration",
-            "4s",
-            "--pid",
-            pid.as_str(),
-            "-o",
-            crate::common::path_arg(&output),
-        ],
-        dir.path(),
-    );
-    taskprof.wait_until_sampling(Duration::from_secs(30));
-    std::fs::write(&go, b"").expect("failed to signal the fixture");
-    taskprof.wait(Duration::from_secs(60)).assert_success();
-    let profile = crate::common::read_pprof(&output);
+    let profile = profile_after_go(fixture.pid(), &go, dir.path());
     let view = ProfileView::new(&profile);
     let stacks = view.stacks_for_pid(fixture.pid());
     let first: i64 = stacks

@@ -602,10 +602,7 @@ impl<'a> ProfileView<'a> {
     pub fn frames(&self, sample: &Sample) -> Vec<Frame> {
         let mut leaf_first = Vec::new();
         for id in &sample.location_id {
-            let location = self
-                .locations
-                .get(id)
-                .unwrap_or_else(|| panic!("sample refers to missing location {id}"));
+            let location = self.location(*id);
             let mapping = match location.mapping_id {
                 0 => String::new(),
                 id => {
@@ -624,10 +621,7 @@ impl<'a> ProfileView<'a> {
                 continue;
             }
             for line in &location.line {
-                let function = self
-                    .functions
-                    .get(&line.function_id)
-                    .unwrap_or_else(|| panic!("line refers to missing function {}", line.function_id));
+                let function = self.function(line.function_id);
                 leaf_first.push(Frame {
                     function: self.string(function.name).to_owned(),
                     mapping: mapping.clone(),
@@ -643,15 +637,8 @@ impl<'a> ProfileView<'a> {
     pub fn frames_with_lines(&self, sample: &Sample) -> Vec<SourceFrame> {
         let mut leaf_first = Vec::new();
         for id in &sample.location_id {
-            let location = self
-                .locations
-                .get(id)
-                .unwrap_or_else(|| panic!("sample refers to missing location {id}"));
-            for line in &location.line {
-                let function = self
-                    .functions
-                    .get(&line.function_id)
-                    .unwrap_or_else(|| panic!("line refers to missing function {}", line.function_id));
+            for line in &self.location(*id).line {
+                let function = self.function(line.function_id);
                 leaf_first.push(SourceFrame {
                     function: self.string(function.name).to_owned(),
                     file: self.string(function.filename).to_owned(),
@@ -661,6 +648,18 @@ impl<'a> ProfileView<'a> {
         }
         leaf_first.reverse();
         leaf_first
+    }
+
+    fn location(&self, id: u64) -> &'a taskprof::pprof::proto::Location {
+        self.locations
+            .get(&id)
+            .unwrap_or_else(|| panic!("sample refers to missing location {id}"))
+    }
+
+    fn function(&self, id: u64) -> &'a taskprof::pprof::proto::Function {
+        self.functions
+            .get(&id)
+            .unwrap_or_else(|| panic!("line refers to missing function {id}"))
     }
 
     /// The stack and count (`value[0]`) of every sample accepted by `keep`.
