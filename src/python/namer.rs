@@ -61,18 +61,21 @@ impl PythonNamer {
     pub fn learn(&mut self, target: &PythonTarget, frames: &[PythonFrame]) {
         for frame in frames {
             let slot = (target.key, frame.code);
-            match self.codes.get(&slot) {
-                Some(Some(known)) if still_the_same(target, frame.code, known) => continue,
-                Some(None) => {}
-                Some(Some(_)) => {
+            if let Some(Some(known)) = self.codes.get(&slot) {
+                match still_the_same(target, frame.code, known) {
+                    // Unreadable: the process has exited; what was read
+                    // while it lived stays.
+                    None | Some(true) => continue,
                     // Freed and reused: forget the lines computed from it.
-                    self.lines
-                        .retain(|(key, code, _), _| !(*key == target.key && *code == frame.code));
+                    Some(false) => self
+                        .lines
+                        .retain(|(key, code, _), _| !(*key == target.key && *code == frame.code)),
                 }
-                None => {}
             }
             let code = read_code_object(target, frame.code).map(Arc::new);
-            self.codes.insert(slot, code);
+            if code.is_some() || !self.codes.contains_key(&slot) {
+                self.codes.insert(slot, code);
+            }
         }
     }
 
@@ -113,11 +116,13 @@ impl PythonNamer {
     }
 }
 
-/// Whether the code object at `address` is still the one read before.
-fn still_the_same(target: &PythonTarget, address: u64, known: &CodeObject) -> bool {
+/// Whether the code object at `address` is still the one read before, or
+/// `None` when the process's memory cannot be read (it has exited).
+fn still_the_same(target: &PythonTarget, address: u64, known: &CodeObject) -> Option<bool> {
     let memory = Memory(target.key.tgid);
-    memory.u64(address + u64::from(target.offsets.object_type)) == Some(known.type_address)
-        && memory.u32(address + u64::from(target.offsets.code.firstlineno)) == Some(known.first_line)
+    let type_address = memory.u64(address + u64::from(target.offsets.object_type))?;
+    let first_line = memory.u32(address + u64::from(target.offsets.code.firstlineno))?;
+    Some(type_address == known.type_address && first_line == known.first_line)
 }
 
 fn read_code_object(target: &PythonTarget, address: u64) -> Option<CodeObject> {

@@ -16,7 +16,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use super::detect::{find_interpreter, DetectError, Interpreter};
 use super::merge::interleave;
 use super::namer::{PythonNamer, PythonTarget};
-use crate::bpf::{PythonStack, PythonWalk, Sampler};
+use crate::bpf::{PythonStack, PythonWalk, Sampler, StackLoss};
 use crate::process::maps::{parse_maps, Backing, MapsEntry};
 use crate::process::{path_in_root, FileKey, MappingKind, ProcessKey, ProcessTable};
 use crate::symbolize::{synthetic_lines, Lines};
@@ -286,10 +286,10 @@ impl PythonProcesses {
             PythonStack::Frames(frames, stop) => (frames, *stop),
             PythonStack::Lost(loss) => {
                 let mut native = native;
-                native.push(python_frame(synthetic_lines(format!(
-                    "[python: {}]",
-                    loss.frame_name()
-                ))));
+                native.push(python_frame(synthetic_lines(match loss {
+                    StackLoss::MapFull => "[python: frames lost: stacks map full]",
+                    StackLoss::Error => "[python: frames lost: capture error]",
+                })));
                 return native;
             }
             PythonStack::None => {
