@@ -290,6 +290,10 @@ pub struct IdentityArgs {
     /// See [`settings::LABEL`].
     #[arg(long = settings::LABEL.flag, value_name = "NAME=VALUE", value_parser = parse_label, help = settings::LABEL.help_text())]
     pub label: Vec<(String, String)>,
+
+    /// See [`settings::SERIES_PER_PROCESS`].
+    #[arg(long = settings::SERIES_PER_PROCESS.flag, help = settings::SERIES_PER_PROCESS.help_text())]
+    pub series_per_process: bool,
 }
 
 /// Kubernetes metadata and filters.

@@ -86,12 +86,16 @@ pub struct DeliveryConfig {
 /// The labels every profile carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// `service_name` of every profile; `None` to use each process's name.
+    /// `service_name` of every profile; `None` for the pod's, else each
+    /// process's name (`kernel` for kernel threads).
     pub service_name: Option<String>,
     /// The `node` label.
     pub node_name: String,
     /// Extra labels on every profile: valid, unreserved, unique names.
     pub labels: Vec<(String, String)>,
+    /// One profile per process (with a `pid` series label) rather than
+    /// one per series.
+    pub series_per_process: bool,
 }
 
 /// The metrics endpoint and logging.
@@ -284,6 +288,14 @@ impl AgentConfig {
             },
         };
         let labels = sources.labels(identity.label, file.labels)?;
+        let series_per_process = sources
+            .pick(
+                SERIES_PER_PROCESS,
+                identity.series_per_process.then_some(true),
+                file.series_per_process,
+                cli::parse_bool,
+            )?
+            .is_some_and(|s| s.value);
         let mut kubernetes = kubernetes;
         if kubernetes.enabled {
             kubernetes.connection = Some(sources.kube_connection(&kubernetes, &node_name)?);
@@ -351,6 +363,7 @@ impl AgentConfig {
                 service_name,
                 node_name,
                 labels,
+                series_per_process,
             },
             kubernetes,
             observability: Observability {
@@ -1078,6 +1091,7 @@ struct FileSettings {
     service_name: Option<Scalar>,
     node_name: Option<Scalar>,
     labels: Option<BTreeMap<String, Scalar>>,
+    series_per_process: Option<Scalar>,
     pids: Option<Vec<u32>>,
     metrics_address: Option<Scalar>,
     log_format: Option<Scalar>,
@@ -1159,6 +1173,20 @@ mod tests {
         let file = file_with(text);
         let path = file.path().to_str().unwrap().to_string();
         (file, path)
+    }
+
+    #[test]
+    fn series_per_process_comes_from_the_flag_the_variable_or_the_file() {
+        assert!(!load(&URL, &[]).unwrap().identity.series_per_process);
+        let flag = [&URL[..], &["--series-per-process"]].concat();
+        assert!(load(&flag, &[]).unwrap().identity.series_per_process);
+        let env = [("TASKPROF_SERIES_PER_PROCESS", "true")];
+        assert!(load(&URL, &env).unwrap().identity.series_per_process);
+        let (_file, path) = yaml("series_per_process: true\n");
+        let from_file = [&URL[..], &["--config", &path]].concat();
+        assert!(load(&from_file, &[]).unwrap().identity.series_per_process);
+        let err = load_err(&URL, &[("TASKPROF_SERIES_PER_PROCESS", "maybe")]);
+        assert!(err.contains("TASKPROF_SERIES_PER_PROCESS"), "{err}");
     }
 
     #[test]

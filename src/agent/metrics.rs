@@ -69,6 +69,9 @@ pub struct Metrics {
     pub kubernetes_pods: Gauge,
     /// `taskprof_tracked_processes`: processes whose mappings are being tracked.
     pub tracked_processes: Gauge,
+    /// `taskprof_series_per_window`: series (distinct label sets, so
+    /// profiles) the last window sent; the cardinality a backend indexes.
+    pub series_per_window: Gauge,
     /// `taskprof_ready`: 1 once the agent samples and delivers, else 0.
     pub ready: Gauge,
     /// `taskprof_user_stacks_total{result}`: user stacks the unwinder
@@ -242,6 +245,13 @@ impl Metrics {
                 &mut r,
                 "taskprof_tracked_processes",
                 "Processes whose mappings are being tracked",
+                None,
+                Gauge::default(),
+            ),
+            series_per_window: register(
+                &mut r,
+                "taskprof_series_per_window",
+                "Series (distinct label sets, one profile each) the last window sent",
                 None,
                 Gauge::default(),
             ),
@@ -435,6 +445,7 @@ mod tests {
             "taskprof_upload_duration_seconds_count 1",
             "taskprof_symbolization_failures_total 0",
             "taskprof_tracked_processes 0",
+            "taskprof_series_per_window 0",
             "taskprof_ready 0",
             "taskprof_unwind_tables 0",
             "taskprof_unwind_table_bytes 0",

@@ -68,6 +68,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         service_name: config.identity.service_name.clone(),
         node: config.identity.node_name.clone(),
         extra: config.identity.labels.clone(),
+        per_process: config.identity.series_per_process,
     };
     let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info);
     let kube = &config.kubernetes;
@@ -143,6 +144,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         totals.add(&window.stats);
         filtered_total += report.filtered;
         record_window(&metrics, &totals, filtered_total, &processor, &session);
+        metrics.series_per_window.set(batch.profiles.len() as i64);
         if let Some(pods) = &pod_stats {
             let stats = pods.stats();
             raise_to(&metrics.kubernetes_api_errors, stats.list_errors + stats.watch_errors);
@@ -154,6 +156,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             lost = window.stats.lost(),
             filtered = report.filtered,
             profiles = batch.profiles.len(),
+            processes = report.processes,
             forgotten_processes = report.forgotten,
             tracked_processes = session.processes().len(),
             open_files = session.processes().object_count(),

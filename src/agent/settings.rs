@@ -230,7 +230,8 @@ pub const SERVICE_NAME: Setting = Setting::new(
     "service-name",
     "service_name",
     None,
-    "The `service_name` of every profile. Default: each process's name.",
+    "The `service_name` of every profile. Default: the pod's (with --kubernetes), else each \
+     process's name, and `kernel` for kernel threads.",
 );
 /// `--node-name`.
 pub const NODE_NAME: Setting = Setting::new(
@@ -245,6 +246,15 @@ pub const LABEL: Setting = Setting::new(
     "labels",
     None,
     "Extra label on every profile, `name=value` (repeatable).",
+);
+/// `--series-per-process`.
+pub const SERIES_PER_PROCESS: Setting = Setting::new(
+    "series-per-process",
+    "series_per_process",
+    None,
+    "Send one profile per process, labelled with its `pid`, instead of one per series \
+     (service, node, pod or executable). Every process then starts a new series in the \
+     backend: costly where processes come and go.",
 );
 
 // Kubernetes.
@@ -380,6 +390,7 @@ pub const ALL: &[Setting] = &[
     SERVICE_NAME,
     NODE_NAME,
     LABEL,
+    SERIES_PER_PROCESS,
     KUBERNETES,
     KUBERNETES_API_URL,
     KUBERNETES_TOKEN_FILE,

@@ -1,7 +1,16 @@
-//! Turning one window of samples into one profile per process, and the
+//! Turning one window of samples into one profile per series, and the
 //! process bookkeeping that keeps a long-running agent bounded: processes
 //! that exited are forgotten once their last samples are out, and the
 //! files and caches only they used are released.
+//!
+//! A series is what a backend indexes: a label set. Backends keep every
+//! label set they ever saw, so series labels must be bounded: service,
+//! node, pod and container, the operator's labels, and outside Kubernetes
+//! the executable's name. A window's processes that share those labels are
+//! merged into one profile, and each sample says which process it came
+//! from (`pid`, `process_name`, `thread_name` sample labels). With
+//! `--series-per-process` every process keeps its own profile and a `pid`
+//! series label instead, at the cost of one new series per process.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,22 +21,37 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::agent::containers::{ContainerLabeler, Verdict};
 use crate::bpf::{Truncation, Window};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
-use crate::process::{process_start_time, ProcessKey};
+use crate::process::{process_start_time, ProcessInfo, ProcessKey};
 use crate::session::{ProcessFilter, Session};
 use crate::symbolize::samples::Sample;
 use crate::symbolize::Symbolizer;
 use crate::upload::{Batch, SeriesProfile};
 
-/// Labels every series of this agent carries.
+/// Labels every series of this agent carries, and what makes a series.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeriesLabels {
-    /// `service_name` for every process; `None` uses the process name.
+    /// `service_name` for every process; `None` uses the pod's, else the
+    /// process name.
     pub service_name: Option<String>,
     /// The node (host) name.
     pub node: String,
     /// Extra `k=v` labels.
     pub extra: Vec<(String, String)>,
+    /// One series per process (labelled with its `pid`) rather than one
+    /// per bounded label set.
+    pub per_process: bool,
 }
+
+/// The name kernel threads (and the idle task) are grouped under: one
+/// series for all of them, not one per `kworker/…`.
+const KERNEL_SERIES: &str = "kernel";
+
+/// `PF_KTHREAD` in the flags field of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// What tells a window's profiles apart: the process, when each process is
+/// its own series, and the series labels.
+type SeriesKey = (Option<ProcessKey>, Vec<(String, String)>);
 
 /// Windows after which a process with no samples is checked for liveness.
 const IDLE_WINDOWS_BEFORE_SWEEP: u64 = 6;
@@ -44,6 +68,8 @@ pub struct WindowProcessor {
     windows: u64,
     last_sequence: u64,
     containers: Option<ContainerLabeler>,
+    /// Whether each process is a kernel thread, decided once.
+    kernel_threads: HashMap<ProcessKey, bool>,
 }
 
 /// What a window produced besides its batch.
@@ -53,6 +79,8 @@ pub struct WindowReport {
     pub samples: u64,
     /// Samples of processes the filters left out.
     pub filtered: u64,
+    /// Processes whose samples the profiles hold.
+    pub processes: usize,
     /// Processes forgotten after this window.
     pub forgotten: usize,
 }
@@ -70,6 +98,7 @@ impl WindowProcessor {
             windows: 0,
             last_sequence: 0,
             containers: None,
+            kernel_threads: HashMap::default(),
         }
     }
 
@@ -126,47 +155,60 @@ impl WindowProcessor {
             }
         }
         let samples = session.symbolize(&kept, &mut self.symbolizer);
-        let mut by_process: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
+        let mut processes: BTreeMap<ProcessKey, Vec<Sample>> = BTreeMap::new();
         for (raw, sample) in kept.iter().zip(samples) {
             let key = ProcessKey::new(raw.tgid, raw.incarnation);
             if raw.user.truncation() == Some(Truncation::NotLoaded) {
                 session.load_tables_later(key);
             }
             self.last_seen.insert(key, self.windows);
-            by_process.entry(key).or_default().push(sample);
+            processes.entry(key).or_default().push(sample);
+        }
+        // Series are keyed by their labels, and by the process too when
+        // each process is its own series: an exec inside the window makes
+        // a second incarnation, which keeps its own profile.
+        let mut by_series: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
+        let process_count = processes.len();
+        for (key, samples) in processes {
+            let container_labels = match verdicts.get(&key) {
+                Some(Verdict::Keep(labels)) => labels.as_slice(),
+                _ => &[],
+            };
+            let kernel = self.is_kernel_thread(key, session.processes().get(key));
+            let labels = self.series_labels(key.tgid, &samples[0].process_name, kernel, container_labels);
+            let process = self.labels.per_process.then_some(key);
+            by_series.entry((process, labels)).or_default().extend(samples);
         }
 
         let meta = ProfileMeta {
             frequency_hz: self.frequency_hz,
             start,
             duration: end.duration_since(start).unwrap_or(Duration::ZERO),
-            sample_labels: SampleLabels::ThreadName,
+            sample_labels: match self.labels.per_process {
+                true => SampleLabels::ThreadName,
+                false => SampleLabels::Process,
+            },
         };
-        let mut profiles = Vec::with_capacity(by_process.len());
+        let mut profiles = Vec::with_capacity(by_series.len());
         let mut total = 0;
-        for (key, samples) in &by_process {
+        for ((_, labels), samples) in by_series {
             let count: u64 = samples.iter().map(|s| s.count).sum();
             if count == 0 {
                 continue;
             }
-            let profile = build_profile(samples, &meta);
+            let profile = build_profile(&samples, &meta);
             let pprof_gz = match encode_gzip(&profile) {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     // Encoding into memory does not fail in practice; if it
                     // ever does, say so loudly with the samples it drops.
-                    tracing::error!(pid = key.tgid, samples = count, error = %err, "failed to encode a profile");
+                    tracing::error!(series = ?labels, samples = count, error = %err, "failed to encode a profile");
                     continue;
                 }
             };
             total += count;
-            let process_name = samples[0].process_name.clone();
-            let container_labels = match verdicts.get(key) {
-                Some(Verdict::Keep(labels)) => labels.as_slice(),
-                _ => &[],
-            };
             profiles.push(SeriesProfile {
-                labels: self.series_labels(key.tgid, &process_name, container_labels),
+                labels,
                 pprof_gz,
                 samples: count,
             });
@@ -189,16 +231,31 @@ impl WindowProcessor {
             WindowReport {
                 samples: total,
                 filtered,
+                processes: process_count,
                 forgotten,
             },
         )
     }
 
-    /// Series labels: `service_name`, `pid`, `comm`, `node`, the container
-    /// and pod labels, then the operator's `--label`s. `service_name` is
-    /// `--service-name` if set, else the pod's (from a pod label or
-    /// `namespace/container`), else the process name.
-    fn series_labels(&self, pid: u32, process_name: &str, container: &[(String, String)]) -> Vec<(String, String)> {
+    /// Series labels: `service_name`, `node`, then `pid` and `comm` with
+    /// `--series-per-process`, else `comm` for a process in no container;
+    /// then the container and pod labels and the operator's `--label`s.
+    /// `service_name` is `--service-name` if set, else the pod's (from a pod
+    /// label or `namespace/container`), else the process name. Kernel
+    /// threads are named `kernel` in place of the process name, unless each
+    /// process is its own series.
+    fn series_labels(
+        &self,
+        pid: u32,
+        process_name: &str,
+        kernel: bool,
+        container: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let per_process = self.labels.per_process;
+        let executable = match kernel && !per_process {
+            true => KERNEL_SERIES,
+            false => process_name,
+        };
         let pod_service = container
             .iter()
             .find(|(k, _)| k == "service_name")
@@ -208,19 +265,43 @@ impl WindowProcessor {
             .service_name
             .clone()
             .or(pod_service)
-            .unwrap_or_else(|| process_name.to_string());
+            .unwrap_or_else(|| executable.to_string());
         let mut labels = vec![
             ("service_name".to_string(), service),
-            ("pid".to_string(), pid.to_string()),
-            ("comm".to_string(), process_name.to_string()),
             ("node".to_string(), self.labels.node.clone()),
         ];
+        if per_process {
+            labels.push(("pid".to_string(), pid.to_string()));
+        }
+        // In a container the pod and container name the workload; on the
+        // host the executable does.
+        if per_process || container.is_empty() {
+            labels.push(("comm".to_string(), executable.to_string()));
+        }
         for (k, v) in container.iter().chain(&self.labels.extra) {
             if !labels.iter().any(|(name, _)| name == k) {
                 labels.push((k.clone(), v.clone()));
             }
         }
         labels
+    }
+
+    /// Whether `key` is a kernel thread (or the idle task, tgid 0): the
+    /// kernel flags it so in `/proc/PID/stat`. One gone before it was asked
+    /// counts as a kernel thread when it was seen alive with no executable
+    /// mapping; not from its samples, as a user process that is exiting
+    /// has no user stack either.
+    fn is_kernel_thread(&mut self, key: ProcessKey, info: Option<&ProcessInfo>) -> bool {
+        if let Some(&kernel) = self.kernel_threads.get(&key) {
+            return kernel;
+        }
+        let kernel = key.tgid == 0
+            || match std::fs::read_to_string(format!("/proc/{}/stat", key.tgid)) {
+                Ok(stat) => parse_flags(&stat).is_some_and(|flags| flags & PF_KTHREAD != 0),
+                Err(_) => info.is_some_and(|info| info.captured && info.mappings.is_empty()),
+            };
+        self.kernel_threads.insert(key, kernel);
+        kernel
     }
 
     /// Forgets processes whose incarnation ended before this window began
@@ -255,6 +336,7 @@ impl WindowProcessor {
         }
         for key in &forget {
             session.forget(*key);
+            self.kernel_threads.remove(key);
             self.last_seen.remove(key);
             self.gone.remove(key);
         }
@@ -290,10 +372,95 @@ impl ProcessFilter for WindowProcessor {
     }
 }
 
+/// The flags field (9) of a `/proc/PID/stat` line.
+fn parse_flags(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')' come fields 3 (state) onwards.
+    rest.split_whitespace().nth(6)?.parse().ok()
+}
+
 /// A window's sequence number: its end in milliseconds since the epoch,
 /// which orders windows across agent restarts too.
 pub fn sequence_of(end: SystemTime) -> u64 {
     end.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processor(per_process: bool, service_name: Option<&str>) -> WindowProcessor {
+        let labels = SeriesLabels {
+            service_name: service_name.map(str::to_string),
+            node: "n1".into(),
+            extra: vec![("team".into(), "infra".into())],
+            per_process,
+        };
+        WindowProcessor::new(19, labels, false)
+    }
+
+    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn host_series_are_named_by_executable_and_never_by_pid() {
+        let p = processor(false, None);
+        let expected = pairs(&[
+            ("service_name", "nginx"),
+            ("node", "n1"),
+            ("comm", "nginx"),
+            ("team", "infra"),
+        ]);
+        assert_eq!(p.series_labels(10, "nginx", false, &[]), expected);
+        assert_eq!(p.series_labels(11, "nginx", false, &[]), expected);
+        let kernel = pairs(&[
+            ("service_name", "kernel"),
+            ("node", "n1"),
+            ("comm", "kernel"),
+            ("team", "infra"),
+        ]);
+        assert_eq!(p.series_labels(12, "kworker/0:1", true, &[]), kernel);
+        let named = processor(false, Some("api"));
+        assert_eq!(named.series_labels(12, "kworker/0:1", true, &[])[0].1, "api");
+    }
+
+    #[test]
+    fn pod_series_leave_the_executable_out() {
+        let p = processor(false, None);
+        let pod = pairs(&[("service_name", "web"), ("namespace", "shop"), ("pod", "web-1")]);
+        let expected = pairs(&[
+            ("service_name", "web"),
+            ("node", "n1"),
+            ("namespace", "shop"),
+            ("pod", "web-1"),
+            ("team", "infra"),
+        ]);
+        assert_eq!(p.series_labels(10, "nginx", false, &pod), expected);
+        assert_eq!(p.series_labels(11, "sh", false, &pod), expected);
+    }
+
+    #[test]
+    fn series_per_process_keeps_the_pid_and_the_process_name() {
+        let p = processor(true, None);
+        let expected = pairs(&[
+            ("service_name", "kworker/0:1"),
+            ("node", "n1"),
+            ("pid", "12"),
+            ("comm", "kworker/0:1"),
+            ("team", "infra"),
+        ]);
+        assert_eq!(p.series_labels(12, "kworker/0:1", true, &[]), expected);
+    }
+
+    #[test]
+    fn kernel_threads_are_told_by_their_stat_flags() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        let user = "1 (sys temd) S 0 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        assert!(parse_flags(kthread).is_some_and(|f| f & PF_KTHREAD != 0));
+        assert!(parse_flags(user).is_some_and(|f| f & PF_KTHREAD == 0));
+        assert_eq!(parse_flags("garbage"), None);
+    }
 }

@@ -31,6 +31,12 @@ pub enum SampleLabels {
     /// `pid`, `tid`, `thread_name` and `process_name`: for profiles a person
     /// opens, where one file holds many processes.
     All,
+    /// `pid`, `process_name` and `thread_name`: for uploads where one
+    /// profile merges a series' processes. `pid` is a numeric label, which
+    /// `go tool pprof -tagfocus=pid=N` filters on and Pyroscope, which
+    /// splits every *string* sample label into series of its own, leaves
+    /// alone; the two names are bounded by the executables and threads.
+    Process,
     /// `thread_name` only: for uploads, where the process is a series label
     /// and backends such as Pyroscope make every sample label its own
     /// series dimension, so thread ids would explode cardinality.
@@ -99,12 +105,12 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
         default_sample_type: 1,
         ..Default::default()
     };
-    let (pid, tid, thread_name, process_name) = (
-        strings.id("pid"),
-        strings.id("tid"),
-        strings.id("thread_name"),
-        strings.id("process_name"),
-    );
+    let keys = LabelKeys {
+        pid: strings.id("pid"),
+        tid: strings.id("tid"),
+        thread_name: strings.id("thread_name"),
+        process_name: strings.id("process_name"),
+    };
 
     let mut mapping_ids: HashMap<&MappingInfo, u64> = HashMap::default();
     let mut function_ids: HashMap<&FunctionInfo, u64> = HashMap::default();
@@ -186,32 +192,48 @@ pub fn build_profile(samples: &[Sample], meta: &ProfileMeta) -> proto::Profile {
         profile.sample.push(proto::Sample {
             location_id,
             value: vec![sample.count as i64, sample.count as i64 * meta.period_nanos()],
-            label: vec![
-                proto::Label {
-                    key: pid,
-                    num: sample.pid as i64,
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: tid,
-                    num: sample.tid as i64,
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: thread_name,
-                    str: strings.id(&sample.thread_name),
-                    ..Default::default()
-                },
-                proto::Label {
-                    key: process_name,
-                    str: strings.id(&sample.process_name),
-                    ..Default::default()
-                },
-            ],
+            label: sample_labels(meta.sample_labels, sample, &mut strings, keys),
         });
     }
     profile.string_table = strings.table;
     profile
+}
+
+/// String ids of the sample label names.
+#[derive(Clone, Copy)]
+struct LabelKeys {
+    pid: i64,
+    tid: i64,
+    thread_name: i64,
+    process_name: i64,
+}
+
+/// The labels `which` puts on `sample`.
+fn sample_labels(which: SampleLabels, sample: &Sample, strings: &mut Strings, keys: LabelKeys) -> Vec<proto::Label> {
+    let num = |key, num| proto::Label {
+        key,
+        num,
+        ..Default::default()
+    };
+    let mut text = |key, value: &str| proto::Label {
+        key,
+        str: strings.id(value),
+        ..Default::default()
+    };
+    match which {
+        SampleLabels::All => vec![
+            num(keys.pid, sample.pid as i64),
+            num(keys.tid, sample.tid as i64),
+            text(keys.thread_name, &sample.thread_name),
+            text(keys.process_name, &sample.process_name),
+        ],
+        SampleLabels::Process => vec![
+            num(keys.pid, sample.pid as i64),
+            text(keys.process_name, &sample.process_name),
+            text(keys.thread_name, &sample.thread_name),
+        ],
+        SampleLabels::ThreadName => vec![text(keys.thread_name, &sample.thread_name)],
+    }
 }
 
 /// Serializes and gzips a profile.

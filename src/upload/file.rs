@@ -1,5 +1,5 @@
 //! The `file` protocol: each profile becomes
-//! `<dir>/<sequence>-<service>-<pid>.pb.gz`, with its labels beside it in
+//! `<dir>/<sequence>-<index>-<service>[-<pid>].pb.gz`, with its labels beside it in
 //! `<same name>.labels.json`. Files appear whole (written aside, then
 //! renamed), and the labels file comes first, so that a consumer watching
 //! for `.pb.gz` files always finds the labels already there.
@@ -106,19 +106,21 @@ fn write_profile(
     Ok(())
 }
 
-/// `<sequence>-<index>-<service>-<pid>`, with the service name reduced to
+/// `<sequence>-<index>-<service>`, and `-<pid>` when the profile is one
+/// process's (`--series-per-process`), with the service name reduced to
 /// characters safe in a file name. The index (the profile's place in its
-/// window) keeps names unique: one pid can have two profiles in a window,
-/// when its process execs and starts a new incarnation.
+/// window) keeps names unique: one series can have two profiles in a
+/// window, when a process execs and starts a new incarnation.
 fn file_stem(sequence: u64, index: usize, profile: &SeriesProfile) -> String {
     let service = sanitize_name(profile.label("service_name").unwrap_or_default(), |c| {
         c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')
     });
-    let pid = match profile.label("pid") {
-        Some(pid) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => pid.to_string(),
-        _ => "nopid".to_string(),
-    };
-    format!("{sequence}-{index:05}-{service}-{pid}")
+    match profile.label("pid") {
+        Some(pid) if !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("{sequence}-{index:05}-{service}-{pid}")
+        }
+        _ => format!("{sequence}-{index:05}-{service}"),
+    }
 }
 
 fn unix_millis(time: SystemTime) -> u128 {
@@ -157,7 +159,7 @@ mod tests {
             b"one"
         );
         assert_eq!(
-            std::fs::read(dir.join("99-00001-unknown-nopid.pb.gz")).expect("profile"),
+            std::fs::read(dir.join("99-00001-unknown.pb.gz")).expect("profile"),
             b"two"
         );
         let labels: serde_json::Value =

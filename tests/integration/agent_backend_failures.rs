@@ -224,6 +224,8 @@ fn only_the_failed_profile_of_a_window_is_sent_again() {
     let mut agent = AgentCommand::new("pyroscope", &receiver.url(), spool.path())
         .pid(failing.pid())
         .pid(healthy.pid())
+        // Two processes of one executable would be one series otherwise.
+        .args(["--series-per-process"])
         .spawn();
     agent.wait_until_sampling();
     let exit = stop_after(agent, &receiver, 3, 4);

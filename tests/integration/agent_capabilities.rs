@@ -317,6 +317,8 @@ impl ConfinedAgent {
             .arg(&bounding)
             .arg(env!("CARGO_BIN_EXE_taskprof"))
             .args(["agent", "--upload-protocol", "file", "--upload-url", path_arg(&out)])
+            // The checks below read each profile's pid from its labels.
+            .arg("--series-per-process")
             .args(["--spool-dir", path_arg(&spool)])
             .args(["--window", "1s", "--frequency", "99", "--shutdown-grace", "2s"])
             .args(["--metrics-address", "127.0.0.1:0", "--log-format", "json"])

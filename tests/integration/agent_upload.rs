@@ -51,18 +51,22 @@ fn run_on_fixture(protocol: &str, receiver: &Receiver, flags: &[(&str, &str)], w
 }
 
 /// The labels every profile of the fixture must carry, whatever the
-/// protocol.
+/// protocol: bounded series labels, and the pid on the samples.
 fn assert_fixture_labels(ingest: &Ingest, fixture: &Fixture) {
-    let pid = fixture.pid().to_string();
     for (name, expected) in [
         ("service_name", fixture.comm()),
-        ("pid", pid.as_str()),
         ("comm", fixture.comm()),
         ("node", TEST_NODE),
         ("team", "profiling"),
     ] {
         assert_eq!(ingest.label(name), expected, "label `{name}` of {:?}", ingest.labels);
     }
+    assert!(
+        !ingest.labels.contains_key("pid"),
+        "a pid series label: {:?}",
+        ingest.labels
+    );
+    assert_eq!(ingest.sample_pids(), [fixture.pid()].into());
 }
 
 /// Runs the fixture for four windows through `protocol` and checks what any
@@ -143,10 +147,16 @@ fn whole_host_profiles_are_all_accepted_by_pyroscope() {
     let ingests = receiver.ingests();
     assert_each_window_delivered_once(&exit, &ingests);
     assert_windows_in_order(&ingests);
-    let pids: std::collections::BTreeSet<&str> = ingests.iter().map(|i| i.label("pid")).collect();
+    let pids: std::collections::BTreeSet<u32> = ingests.iter().flat_map(Ingest::sample_pids).collect();
     assert!(pids.len() > 1, "a whole-host run saw only processes {pids:?}");
-    let pid = fixture.pid().to_string();
-    let of_fixture: Vec<&Ingest> = ingests.iter().filter(|i| i.label("pid") == pid).collect();
+    let pid = fixture.pid();
+    let of_fixture: Vec<&Ingest> = ingests.iter().filter(|i| i.sample_pids().contains(&pid)).collect();
+    // Kernel threads are one series, not one per `kworker/…`.
+    let services: std::collections::BTreeSet<&str> = ingests.iter().map(|i| i.label("service_name")).collect();
+    assert!(
+        !services.iter().any(|s| s.starts_with("kworker")),
+        "kernel threads named their own series: {services:?}"
+    );
     assert!(
         !of_fixture.is_empty(),
         "no profile of the fixture (pid {pid}) among {pids:?}"
@@ -252,8 +262,14 @@ fn file_protocol_writes_sound_profiles_with_their_labels() {
             &std::fs::read(&labels_path).unwrap_or_else(|err| panic!("failed to read `{labels_path}`: {err}")),
         )
         .unwrap_or_else(|err| panic!("`{labels_path}` is not JSON: {err}"));
-        assert_eq!(labels["labels"]["pid"], fixture.pid().to_string(), "{labels}");
+        assert_eq!(labels["labels"]["pid"], serde_json::Value::Null, "{labels}");
         assert_eq!(labels["labels"]["comm"], "chain", "{labels}");
+        let view = ProfileView::new(&profile);
+        assert!(
+            profile.sample.iter().all(|s| view.pid(s) == i64::from(fixture.pid())),
+            "{}: samples of other pids",
+            path.display()
+        );
     }
     let stopped = exit.stopped();
     assert_eq!(
@@ -366,11 +382,10 @@ fn consecutive_windows_leave_no_gap_in_time() {
     let receiver = Receiver::accepting();
     let (fixture, exit) = run_on_fixture("pyroscope", &receiver, &[], 4);
     receiver.assert_all_valid();
-    let pid = fixture.pid().to_string();
     let windows: Vec<(i64, i64)> = receiver
         .ingests()
         .iter()
-        .filter(|i| i.label("pid") == pid)
+        .filter(|i| i.sample_pids().contains(&fixture.pid()))
         .map(|i| (i.profile.time_nanos, i.profile.duration_nanos))
         .collect();
     assert!(
@@ -412,7 +427,7 @@ fn a_process_that_exits_mid_run_has_its_last_window_delivered_and_symbolized() {
     assert!(!ingests.is_empty(), "nothing of the exited process arrived");
     assert_each_window_delivered_once(&exit, &ingests);
     for ingest in &ingests {
-        assert_eq!(ingest.label("pid"), fixture.pid().to_string());
+        assert_eq!(ingest.sample_pids(), [fixture.pid()].into());
         let view = ProfileView::new(&ingest.profile);
         let stacks = view.stacks_where(|_| true);
         assert!(
@@ -464,7 +479,8 @@ impl ExecingShell {
 }
 
 /// A process that execs mid-window yields two profiles with the same
-/// `service_name` and `pid` in that window (one per incarnation). The file
+/// `service_name` in that window (one per incarnation, each its own
+/// executable). The file
 /// protocol must keep both: naming files `<sequence>-<service>-<pid>` alone
 /// makes the second overwrite the first, losing its samples.
 #[test]

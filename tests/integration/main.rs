@@ -10,6 +10,7 @@ mod agent_capabilities;
 mod agent_config_errors;
 mod agent_kubernetes;
 mod agent_receivers;
+mod agent_series;
 mod agent_spool;
 mod agent_unwind;
 mod agent_upload;

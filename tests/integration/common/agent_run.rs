@@ -431,6 +431,8 @@ pub struct WindowClosed {
     pub in_profiles: u64,
     pub lost: u64,
     pub profiles: u64,
+    /// Processes whose samples the window's profiles hold.
+    pub processes: u64,
 }
 
 fn windows_of(lines: &[LogLine]) -> Vec<WindowClosed> {
@@ -442,6 +444,7 @@ fn windows_of(lines: &[LogLine]) -> Vec<WindowClosed> {
             in_profiles: l.u64_field("in_profiles"),
             lost: l.u64_field("lost"),
             profiles: l.u64_field("profiles"),
+            processes: l.u64_field("processes"),
         })
         .collect()
 }

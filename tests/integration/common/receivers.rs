@@ -79,6 +79,17 @@ impl Ingest {
         sample_count(&self.profile)
     }
 
+    /// The `pid` sample labels of the profile: the processes it holds.
+    pub fn sample_pids(&self) -> std::collections::BTreeSet<u32> {
+        let view = super::ProfileView::new(&self.profile);
+        self.profile
+            .sample
+            .iter()
+            .filter_map(|s| view.label_num(s, "pid"))
+            .filter_map(|pid| u32::try_from(pid).ok())
+            .collect()
+    }
+
     /// The series the profile belongs to: its labels, rendered.
     pub fn series(&self) -> String {
         format!("{:?}", self.labels)
