@@ -109,11 +109,6 @@ impl PythonNamer {
         self.codes.retain(|(k, _), _| *k != key);
         self.lines.retain(|(k, _, _), _| *k != key);
     }
-
-    /// Code objects cached, for metrics and tests.
-    pub fn cached_code_objects(&self) -> usize {
-        self.codes.len()
-    }
 }
 
 /// Whether the code object at `address` is still the one read before, or

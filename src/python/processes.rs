@@ -360,9 +360,4 @@ impl PythonProcesses {
     pub fn statuses(&self) -> &BTreeMap<PythonStatus, u64> {
         &self.statuses
     }
-
-    /// Interpreters found, for tests: the path of `key`'s, if walked.
-    pub fn interpreter_path(&self, key: ProcessKey) -> Option<PathBuf> {
-        self.walked.get(&key).map(|w| w.interpreter.path.clone())
-    }
 }
