@@ -25,8 +25,13 @@
 //!    and Rust built without frame pointers) and on Debian's xz and
 //!    sqlite3, with the integration tests' workloads and root rules.
 //!
+//! 8. Python frames (`python`): BPF cost per sample, the agent's time to
+//!    close a window for 200 CPython processes, and its CPU and RSS under
+//!    CPython churn, each with `--python=on` and `off`; and the share of
+//!    samples naming a Python chain, per CPython version (see python/mod.rs).
+//!
 //! `cargo bench --bench taskprof -- processing` runs one part (rss, bpf,
-//! startup, processing, agent, unwind, completeness).
+//! startup, processing, agent, unwind, completeness, python).
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -47,6 +52,7 @@ use taskprof::unwind::table::build_table;
 #[path = "../tests/integration/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
+mod python;
 
 const PROCESSES: usize = 200;
 const STACKS: usize = 5_000;
@@ -88,6 +94,9 @@ fn main() {
     }
     if wanted("completeness") {
         stack_completeness();
+    }
+    if wanted("python") {
+        python::run();
     }
     println!(
         "| benchmark process peak RSS | {:.1} MiB |",
