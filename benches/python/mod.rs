@@ -19,7 +19,7 @@
 //! `TASKPROF_BENCH_PYTHON_BPF_SECS` (10); the windows measured in 2 after
 //! the first, `TASKPROF_BENCH_PYTHON_WINDOWS` (3); each run of 3 after 10 s
 //! of warm-up, `TASKPROF_BENCH_PYTHON_AGENT_SECS` (90); each profile of 4,
-//! `TASKPROF_BENCH_PYTHON_NAMED_SECS` (3). About 6 minutes in all.
+//! `TASKPROF_BENCH_PYTHON_NAMED_SECS` (3). About 6½ minutes in all.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -704,7 +704,7 @@ fn names_the_chain(frames: &[common::SourceFrame], script: &str) -> bool {
 
 /// (named, total) samples of a chain process under `python`.
 fn chain_share(python: &Path, scripts: &Scripts, seconds: u64, extra: &[&str]) -> (i64, i64) {
-    let mut fixture = common::ChildGuard(spawn_python(python, &scripts.chain, &(seconds + 3).to_string()));
+    let mut fixture = common::ChildGuard(spawn_python(python, &scripts.chain, &(seconds + 30).to_string()));
     std::thread::sleep(Duration::from_millis(400));
     let recorded = common::record_pprof_with(&[fixture.id()], &format!("{seconds}s"), extra);
     assert!(
