@@ -62,11 +62,31 @@ fn reason(err: &DetectError, name: &str) -> String {
     }
 }
 
+/// The last component of a mapped path.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 /// Whether a mapped file may be a CPython interpreter: a `libpython3.X`
 /// or an executable called `python*`.
 fn may_hold_interpreter(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = file_name(path);
     name.starts_with("libpython") || name.starts_with("python")
+}
+
+/// `interpreter` as found in a process that loaded its file `delta`
+/// bytes lower than this one.
+fn rebased(interpreter: &Arc<Interpreter>, delta: u64) -> Arc<Interpreter> {
+    if delta == 0 {
+        return Arc::clone(interpreter);
+    }
+    let mut moved = Interpreter::clone(interpreter);
+    moved.runtime_address = moved.runtime_address.wrapping_add(delta);
+    moved.code_type_address = moved.code_type_address.wrapping_add(delta);
+    for range in &mut moved.eval_frame {
+        *range = range.start.wrapping_add(delta)..range.end.wrapping_add(delta);
+    }
+    Arc::new(moved)
 }
 
 /// One walked Python process.
@@ -78,9 +98,10 @@ struct Walked {
 /// The session's Python processes.
 pub struct PythonProcesses {
     walked: HashMap<ProcessKey, Walked>,
-    /// Interpreters found, by the mapped file and the process's load
-    /// address of it; `Err` (the reason logged) for files that are not one.
-    by_file: HashMap<(FileKey, u64), Result<Arc<Interpreter>, String>>,
+    /// Interpreters found, by the mapped file, with the load base (start
+    /// minus file offset of its executable mapping) of the process they
+    /// were found in; `Err` (the reason said) for files that are not one.
+    by_file: HashMap<FileKey, (u64, Result<Arc<Interpreter>, String>)>,
     /// Python stacks already looked at in the window in progress.
     seen: HashSet<(u32, u32, u64)>,
     namer: PythonNamer,
@@ -124,18 +145,29 @@ impl PythonProcesses {
         // Only a process that maps a libpython or runs an executable named
         // python* is looked into: reading symbols of every new binary
         // would cost each process on a busy host.
-        let Some(candidate) = info.mappings.iter().find(|m| may_hold_interpreter(&m.name)) else {
+        // A libpython is the interpreter even beside a python* executable.
+        let candidate = info
+            .mappings
+            .iter()
+            .find(|m| file_name(&m.name).starts_with("libpython"))
+            .or_else(|| info.mappings.iter().find(|m| may_hold_interpreter(&m.name)));
+        let Some(candidate) = candidate else {
             return;
         };
         let MappingKind::Object(file) = candidate.kind else {
             return;
         };
-        let file_id = (file, candidate.start - candidate.offset);
-        let found = match self.by_file.get(&file_id) {
-            Some(found) => found.clone(),
+        // Where this process loaded the file: a PIE executable or a library
+        // loads elsewhere in every process, and an interpreter found in one
+        // is moved by the difference rather than read again.
+        let base = candidate.start.wrapping_sub(candidate.offset);
+        let found = match self.by_file.get(&file) {
+            Some((found_base, found)) => found
+                .clone()
+                .map(|interpreter| rebased(&interpreter, base.wrapping_sub(*found_base))),
             None => {
                 let found = self.find(key, processes).map_err(|err| reason(&err, &info.name));
-                self.by_file.insert(file_id, found.clone());
+                self.by_file.insert(file, (base, found.clone()));
                 found
             }
         };
@@ -359,5 +391,35 @@ impl PythonProcesses {
     /// Processes by status, since the session began.
     pub fn statuses(&self) -> &BTreeMap<PythonStatus, u64> {
         &self.statuses
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::detect::PythonVersion;
+    use crate::python::offsets::offsets_for;
+
+    #[test]
+    fn an_interpreter_found_in_one_process_moves_with_another_processs_load_base() {
+        let found = Arc::new(Interpreter {
+            version: PythonVersion {
+                major: 3,
+                minor: 11,
+                micro: Some(7),
+            },
+            offsets: offsets_for(3, 11).expect("3.11 is in the table"),
+            path: PathBuf::from("/opt/python/lib/libpython3.11.so.1.0"),
+            runtime_address: 0x7f00_0050_0000,
+            eval_frame: vec![0x7f00_0010_0000..0x7f00_0010_8000],
+            code_type_address: 0x7f00_0048_0000,
+        });
+        let moved = rebased(&found, 0x1000_0000);
+        assert_eq!(moved.runtime_address, 0x7f00_1050_0000);
+        assert_eq!(moved.code_type_address, 0x7f00_1048_0000);
+        assert_eq!(moved.eval_frame, vec![0x7f00_1010_0000..0x7f00_1010_8000]);
+        // A lower base moves it down (wrapping arithmetic of the difference).
+        let back = rebased(&moved, 0u64.wrapping_sub(0x1000_0000));
+        assert_eq!(*back, *found);
     }
 }
