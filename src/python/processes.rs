@@ -411,13 +411,17 @@ mod tests {
             offsets: offsets_for(3, 11).expect("3.11 is in the table"),
             path: PathBuf::from("/opt/python/lib/libpython3.11.so.1.0"),
             runtime_address: 0x7f00_0050_0000,
-            eval_frame: vec![0x7f00_0010_0000..0x7f00_0010_8000],
+            // The evaluator and its `.cold` part.
+            eval_frame: vec![0x7f00_0010_0000..0x7f00_0010_8000, 0x7f00_0020_0000..0x7f00_0020_1000],
             code_type_address: 0x7f00_0048_0000,
         });
         let moved = rebased(&found, 0x1000_0000);
         assert_eq!(moved.runtime_address, 0x7f00_1050_0000);
         assert_eq!(moved.code_type_address, 0x7f00_1048_0000);
-        assert_eq!(moved.eval_frame, vec![0x7f00_1010_0000..0x7f00_1010_8000]);
+        assert_eq!(
+            moved.eval_frame,
+            vec![0x7f00_1010_0000..0x7f00_1010_8000, 0x7f00_1020_0000..0x7f00_1020_1000]
+        );
         // A lower base moves it down (wrapping arithmetic of the difference).
         let back = rebased(&moved, 0u64.wrapping_sub(0x1000_0000));
         assert_eq!(*back, *found);
