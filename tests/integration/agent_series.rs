@@ -114,8 +114,10 @@ fn churning_processes_share_one_series_per_executable() {
         1,
         "the Chain processes are one series: {chain_series:?}"
     );
+    // Each churned process lives 20 ms: on a loaded machine most are
+    // never sampled, but many must be, all in the one series.
     assert!(
-        sampled.len() >= churned.len() / 4,
+        sampled.len() >= 10.min(churned.len()),
         "only {} of {} churned processes are in the Chain series' samples",
         sampled.len(),
         churned.len()
