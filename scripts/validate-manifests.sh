@@ -33,8 +33,14 @@ venv=target/manifest-venv
 validator="$venv/bin/kubernetes-validate"
 kubectl="$venv/bin/kubectl"
 installed() {
-    [[ "$("$validator" --version 2>/dev/null || true)" == "$VALIDATOR_VERSION" ]] &&
-        "$kubectl" version --client 2>/dev/null | grep -qx "Client Version: v$KUBECTL_VERSION"
+    # Outputs are captured before they are matched: `grep -q` in a pipe can
+    # exit before kubectl has written its second line, and kubectl's SIGPIPE
+    # would then fail the pipeline under pipefail.
+    local validator_version kubectl_version
+    validator_version=$("$validator" --version 2>/dev/null || true)
+    kubectl_version=$("$kubectl" version --client 2>/dev/null || true)
+    [[ "$validator_version" == "$VALIDATOR_VERSION" ]] &&
+        grep -qx "Client Version: v$KUBECTL_VERSION" <<<"$kubectl_version"
 }
 if ! installed; then
     if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
