@@ -15,24 +15,7 @@ use std::time::{Duration, Instant};
 use crate::common::{record_pprof_with, scratch_dir, ChildGuard, ProfileView, Stack};
 
 /// The chain every fixture runs: serve() → handle_request() → leaf_hash().
-const CHAIN_SCRIPT: &str = r#"import sys, time
-
-def leaf_hash(n):
-    total = 0
-    for i in range(n):
-        total = (total * 31 + i) % 1000003  # LEAF
-    return total
-
-def handle_request():
-    return leaf_hash(20000)  # HANDLE
-
-def serve(seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        handle_request()  # SERVE
-
-serve(float(sys.argv[1]))  # MODULE
-"#;
+const CHAIN_SCRIPT: &str = include_str!("../fixtures/python/chain.py");
 
 /// The share of a fixture's samples that must show the whole chain.
 const CHAIN_SHARE: f64 = 0.95;
