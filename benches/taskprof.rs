@@ -400,6 +400,33 @@ fn process_bpf_seconds(pid: u32) -> f64 {
     total as f64 / 1e9
 }
 
+/// A process's CPU use over a stretch of wall time: user+sys and BPF
+/// seconds per wall second, and its RSS in MiB before and after.
+struct Usage {
+    user: f64,
+    bpf: f64,
+    rss_before: f64,
+    rss_after: f64,
+}
+
+/// Measures process `pid`'s [`Usage`] over the next `seconds`.
+fn measure_usage(pid: u32, seconds: u64) -> Usage {
+    let (cpu0, bpf0, rss_before, started) = (
+        process_cpu_seconds(pid),
+        process_bpf_seconds(pid),
+        process_rss_mib(pid),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(seconds));
+    let wall = started.elapsed().as_secs_f64();
+    Usage {
+        user: (process_cpu_seconds(pid) - cpu0) / wall,
+        bpf: (process_bpf_seconds(pid) - bpf0) / wall,
+        rss_before,
+        rss_after: process_rss_mib(pid),
+    }
+}
+
 fn process_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read agent status");
     let kib: f64 = status
@@ -459,19 +486,7 @@ fn agent_steady_state(frequency: u64) {
         })
     };
     std::thread::sleep(Duration::from_secs(15));
-    let (cpu0, bpf0, rss0, t0) = (
-        process_cpu_seconds(pid),
-        process_bpf_seconds(pid),
-        process_rss_mib(pid),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_secs(seconds));
-    let (cpu1, bpf1, rss1, wall) = (
-        process_cpu_seconds(pid),
-        process_bpf_seconds(pid),
-        process_rss_mib(pid),
-        t0.elapsed().as_secs_f64(),
-    );
+    let usage = measure_usage(pid, seconds);
     churn_stop.store(true, Ordering::Relaxed);
     let spawned = churn.join().unwrap_or(0);
     // SAFETY: signalling our own child.
@@ -481,8 +496,7 @@ fn agent_steady_state(frequency: u64) {
     std::fs::write(sysctl, before.trim()).expect("restore kernel.bpf_stats_enabled");
     assert!(status.success(), "the agent failed: {status}");
     assert!(received.load(Ordering::Relaxed) > 0, "the agent uploaded nothing");
-    let user_share = (cpu1 - cpu0) / wall;
-    let bpf_share = (bpf1 - bpf0) / wall;
+    let (user_share, bpf_share, rss0, rss1) = (usage.user, usage.bpf, usage.rss_before, usage.rss_after);
     let cpus = taskprof::bpf::online_cpu_count().unwrap_or(1) as f64;
     println!(
         "| agent at {frequency} Hz, {seconds} s, 2 busy CPUs, {spawned} processes churned: CPU s per wall s (user+sys / BPF) | \

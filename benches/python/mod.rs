@@ -29,28 +29,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::{common, process_bpf_seconds, process_cpu_seconds, process_rss_mib, pyroscope_sink, Host};
+use super::{common, measure_usage, process_cpu_seconds, pyroscope_sink, Host};
 
-/// The integration tests' chain (tests/integration/profile_python.rs):
+/// The integration tests' chain (tests/fixtures/python/chain.py):
 /// serve() → handle_request() → leaf_hash(), for argv[1] seconds.
-const CHAIN_SCRIPT: &str = r#"import sys, time
-
-def leaf_hash(n):
-    total = 0
-    for i in range(n):
-        total = (total * 31 + i) % 1000003  # LEAF
-    return total
-
-def handle_request():
-    return leaf_hash(20000)  # HANDLE
-
-def serve(seconds):
-    end = time.time() + seconds
-    while time.time() < end:
-        handle_request()  # SERVE
-
-serve(float(sys.argv[1]))  # MODULE
-"#;
+const CHAIN_SCRIPT: &str = include_str!("../../tests/fixtures/python/chain.py");
 
 /// The same chain as a mostly idle service: one request (about 2 ms of
 /// CPU) every argv[1] seconds, from a random phase, until killed.
@@ -580,19 +563,7 @@ fn agent_churn_run(scripts: &Scripts, mode: &str, seconds: u64) -> ChurnRun {
     let stop = Arc::new(AtomicBool::new(false));
     let churner = churn(PathBuf::from(SYSTEM_PYTHON), scripts.chain.clone(), Arc::clone(&stop));
     std::thread::sleep(Duration::from_secs(10));
-    let (cpu0, bpf0, rss0, t0) = (
-        process_cpu_seconds(pid),
-        process_bpf_seconds(pid),
-        process_rss_mib(pid),
-        Instant::now(),
-    );
-    std::thread::sleep(Duration::from_secs(seconds));
-    let (cpu1, bpf1, rss1, wall) = (
-        process_cpu_seconds(pid),
-        process_bpf_seconds(pid),
-        process_rss_mib(pid),
-        t0.elapsed().as_secs_f64(),
-    );
+    let usage = measure_usage(pid, seconds);
     let python_stacks = ["complete", "incomplete", "not_loaded"]
         .map(|result| agent.metric("taskprof_python_stacks_total", &format!("result=\"{result}\"")));
     let table_bytes = agent.metric("taskprof_unwind_table_bytes", "");
@@ -600,10 +571,10 @@ fn agent_churn_run(scripts: &Scripts, mode: &str, seconds: u64) -> ChurnRun {
     let spawned = churner.join().unwrap_or(0);
     agent.stop();
     ChurnRun {
-        user: (cpu1 - cpu0) / wall,
-        bpf: (bpf1 - bpf0) / wall,
-        rss0,
-        rss1,
+        user: usage.user,
+        bpf: usage.bpf,
+        rss0: usage.rss_before,
+        rss1: usage.rss_after,
         spawned,
         python_stacks,
         table_bytes,
