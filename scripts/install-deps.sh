@@ -5,6 +5,7 @@
 #   scripts/install-deps.sh          build dependencies
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
 #                                    the unwinding tests' compilers, perf and workloads)
+#   scripts/install-deps.sh --soak   build dependencies and what scripts/soak.sh uses
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
@@ -22,6 +23,10 @@ if [[ "${1:-}" == "--test" ]]; then
     # python3-dev: the headers of /usr/bin/python3, against which
     #   tests/integration/python_offsets.rs checks the CPython offset table.
     packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
+elif [[ "${1:-}" == "--soak" ]]; then
+    # python3: the soak's receiver and load; curl: its /metrics scrapes;
+    # gnuplot-nox: its figure.
+    packages+=(python3 curl gnuplot-nox)
 fi
 
 missing=()

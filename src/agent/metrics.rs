@@ -46,6 +46,9 @@ pub struct Metrics {
     /// `taskprof_profiles_failed_total`: profiles that will never be delivered,
     /// because the backend rejected them or the spool evicted them.
     pub profiles_failed: Counter,
+    /// `taskprof_samples_dropped_total`: the samples in those profiles, so
+    /// that samples taken = samples delivered + `samples_lost` + these.
+    pub samples_dropped: Counter,
     /// `taskprof_profiles_spooled_total`: profiles written to the on-disk spool.
     pub profiles_spooled: Counter,
     /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
@@ -114,6 +117,12 @@ pub struct ResultLabels {
 }
 
 impl Metrics {
+    /// Counts profiles that will never be delivered, and their samples.
+    pub fn profiles_dropped(&self, profiles: u64, samples: u64) {
+        self.profiles_failed.inc_by(profiles);
+        self.samples_dropped.inc_by(samples);
+    }
+
     /// Creates all metrics at zero and registers them.
     pub fn new() -> Metrics {
         let mut r = Registry::default();
@@ -166,6 +175,13 @@ impl Metrics {
                 &mut r,
                 "taskprof_profiles_failed",
                 "Profiles that will never be delivered: rejected by the backend or evicted from the spool",
+                None,
+                Counter::default(),
+            ),
+            samples_dropped: register(
+                &mut r,
+                "taskprof_samples_dropped",
+                "Samples in profiles that will never be delivered (see taskprof_profiles_failed)",
                 None,
                 Counter::default(),
             ),
@@ -438,6 +454,7 @@ mod tests {
             "taskprof_profiles_uploaded_total 0",
             "taskprof_profiles_retried_total 0",
             "taskprof_profiles_failed_total 0",
+            "taskprof_samples_dropped_total 0",
             "taskprof_profiles_spooled_total 0",
             "taskprof_spool_evictions_total 0",
             "taskprof_spool_bytes 42",

@@ -233,7 +233,7 @@ fn keep(spool: &mut Spool, metrics: &Metrics, batch: &Batch) -> Submission {
         Ok(true) => Submission::Spooled,
         Ok(false) => Submission::Lost,
         Err(err) => {
-            metrics.profiles_failed.inc_by(batch.profiles.len() as u64);
+            metrics.profiles_dropped(batch.profiles.len() as u64, batch.samples());
             tracing::error!(
                 sequence = batch.sequence,
                 profiles = batch.profiles.len(),
@@ -416,7 +416,7 @@ impl Worker {
                     self.summary.profiles_uploaded += 1;
                 }
                 Err(UploadError::Rejected { status, message }) => {
-                    self.metrics.profiles_failed.inc();
+                    self.metrics.profiles_dropped(1, profile.samples);
                     self.summary.profiles_rejected += 1;
                     tracing::warn!(
                         status,

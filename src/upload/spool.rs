@@ -18,10 +18,12 @@
 //! CRC-32 of everything above, u32
 //! ```
 //!
-//! The header carries the profile count so that opening the spool reads
-//! only headers; the checksum is verified when a window is read back. Files
-//! that fail either check are renamed to `*.corrupt` and skipped, never
-//! deleted, so that someone can look at them.
+//! The header carries the profile count, so opening the spool reads only
+//! the header and each profile's lengths and sample count (to account for
+//! the samples of a window it evicts), skipping the pprof bytes; the
+//! checksum is verified when a window is read back. Files that fail either
+//! check are renamed to `*.corrupt` and skipped, never deleted, so that
+//! someone can look at them.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -89,6 +91,8 @@ pub enum SpoolError {
 struct Entry {
     bytes: u64,
     profiles: u64,
+    /// Samples in its profiles, counted as dropped if it is evicted.
+    samples: u64,
 }
 
 /// Windows waiting on disk for the backend, bounded in total size.
@@ -161,10 +165,15 @@ impl Spool {
                 continue;
             }
             let Some(sequence) = sequence_of(name) else { continue };
-            match read_header(&path) {
-                Ok((header_sequence, profiles)) if header_sequence == sequence => {
+            match read_summary(&path) {
+                Ok(summary) if summary.sequence == sequence => {
                     let bytes = item.metadata().map(|m| m.len()).unwrap_or(0);
-                    self.entries.insert(sequence, Entry { bytes, profiles });
+                    let entry = Entry {
+                        bytes,
+                        profiles: summary.profiles,
+                        samples: summary.samples,
+                    };
+                    self.entries.insert(sequence, entry);
                     self.total_bytes += bytes;
                 }
                 Ok(_) => quarantine(&path, "its sequence does not match its name"),
@@ -226,7 +235,8 @@ impl Spool {
             }
             self.evictions += 1;
             self.metrics.spool_evictions.inc();
-            self.metrics.profiles_failed.inc_by(batch.profiles.len() as u64);
+            self.metrics
+                .profiles_dropped(batch.profiles.len() as u64, batch.samples());
             tracing::warn!(
                 sequence,
                 profiles = batch.profiles.len(),
@@ -241,6 +251,7 @@ impl Spool {
         let entry = Entry {
             bytes: size,
             profiles: batch.profiles.len() as u64,
+            samples: batch.samples(),
         };
         if let Some(old) = self.entries.insert(sequence, entry) {
             self.total_bytes -= old.bytes;
@@ -262,7 +273,7 @@ impl Spool {
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
                     tracing::warn!(path = %path.display(), "a spooled window disappeared from disk");
                     self.forget(sequence);
-                    self.metrics.profiles_failed.inc_by(entry.profiles);
+                    self.metrics.profiles_dropped(entry.profiles, entry.samples);
                     continue;
                 }
                 Err(error) => return Err(SpoolError::Read { path, error }),
@@ -273,7 +284,7 @@ impl Spool {
                 Err(reason) => quarantine(&path, &reason),
             }
             self.forget(sequence);
-            self.metrics.profiles_failed.inc_by(entry.profiles);
+            self.metrics.profiles_dropped(entry.profiles, entry.samples);
         }
         Ok(None)
     }
@@ -333,7 +344,7 @@ impl Spool {
         self.forget(sequence);
         self.evictions += 1;
         self.metrics.spool_evictions.inc();
-        self.metrics.profiles_failed.inc_by(entry.profiles);
+        self.metrics.profiles_dropped(entry.profiles, entry.samples);
         tracing::warn!(
             sequence,
             profiles = entry.profiles,
@@ -389,15 +400,67 @@ fn quarantine(path: &Path, reason: &str) {
     }
 }
 
-/// The sequence and profile count from a file's header.
-fn read_header(path: &Path) -> Result<(u64, u64), String> {
-    let mut header = Vec::with_capacity(HEADER_LEN);
-    File::open(path)
-        .and_then(|file| file.take(HEADER_LEN as u64).read_to_end(&mut header))
+/// What opening the spool needs of a file, without reading its profiles.
+#[derive(Debug, PartialEq, Eq)]
+struct Summary {
+    sequence: u64,
+    profiles: u64,
+    samples: u64,
+}
+
+/// Reads a file's header and walks its profiles' lengths to count their
+/// samples, skipping the pprof bytes. The checksum is left to [`decode`].
+fn read_summary(path: &Path) -> Result<Summary, String> {
+    let file = File::open(path).map_err(|err| format!("cannot open it: {err}"))?;
+    let size = file.metadata().map_err(|err| format!("cannot stat it: {err}"))?.len();
+    let mut input = io::BufReader::new(file);
+    let mut header = [0u8; HEADER_LEN];
+    input
+        .read_exact(&mut header)
         .map_err(|err| format!("cannot read its header: {err}"))?;
-    let mut reader = Reader::new(&header);
-    let header = reader.header()?;
-    Ok((header.sequence, header.profiles))
+    let header = Reader::new(&header).header()?;
+    let mut offset = HEADER_LEN as u64;
+    let mut samples = 0u64;
+    let truncated = |err: io::Error| format!("it is truncated or unreadable: {err}");
+    let skip = |input: &mut io::BufReader<File>, offset: &mut u64, len: u64| -> Result<(), String> {
+        // A length past the end is damage; seeking there would succeed.
+        let end = offset.checked_add(len).filter(|&end| end <= size);
+        let end = end.ok_or_else(|| "a length points past its end".to_string())?;
+        let step = i64::try_from(len).map_err(|_| "a length points past its end".to_string())?;
+        input.seek_relative(step).map_err(truncated)?;
+        *offset = end;
+        Ok(())
+    };
+    for _ in 0..header.profiles {
+        let labels = u64::from(read_u32(&mut input).map_err(truncated)?);
+        offset += 4;
+        for _ in 0..labels.saturating_mul(2) {
+            let len = u64::from(read_u32(&mut input).map_err(truncated)?);
+            offset += 4;
+            skip(&mut input, &mut offset, len)?;
+        }
+        samples = samples.saturating_add(read_u64(&mut input).map_err(truncated)?);
+        let len = read_u64(&mut input).map_err(truncated)?;
+        offset += 16;
+        skip(&mut input, &mut offset, len)?;
+    }
+    Ok(Summary {
+        sequence: header.sequence,
+        profiles: header.profiles,
+        samples,
+    })
+}
+
+fn read_u32(input: &mut impl Read) -> io::Result<u32> {
+    let mut bytes = [0u8; 4];
+    input.read_exact(&mut bytes)?;
+    Ok(u32::from_le_bytes(bytes))
+}
+
+fn read_u64(input: &mut impl Read) -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    input.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 fn encode(batch: &Batch) -> Vec<u8> {
@@ -668,6 +731,7 @@ mod tests {
         assert_eq!(spool.evictions(), 2);
         assert_eq!(metrics.spool_evictions.get(), 2);
         assert_eq!(metrics.profiles_failed.get(), 2);
+        assert_eq!(metrics.samples_dropped.get(), 20, "each evicted window held 10 samples");
 
         // An older window arriving at a full spool is the one not kept.
         assert!(!spool.push(&batch(2, 1, 1000)).expect("push"));
@@ -676,6 +740,7 @@ mod tests {
         assert!(!spool.push(&batch(9, 1, 5000)).expect("push"));
         assert_eq!(spool.len(), 3);
         assert_eq!(metrics.spool_evictions.get(), 4);
+        assert_eq!(metrics.samples_dropped.get(), 40);
     }
 
     #[test]
@@ -711,7 +776,9 @@ mod tests {
         fs::write(dir.path().join("README"), b"keep me").expect("write");
 
         let (mut spool, metrics) = open(dir.path(), 1 << 20);
-        assert_eq!(spool.len(), 3, "the truncated file has a good header");
+        // The truncated window is found at open: its last profile's length
+        // points past the end of the file.
+        assert_eq!(spool.len(), 2);
         assert_eq!(spool.oldest().expect("read").map(|b| b.sequence), Some(1));
         spool.remove(1).expect("remove");
         assert_eq!(
@@ -719,7 +786,9 @@ mod tests {
             Some(3),
             "2 is skipped"
         );
-        assert_eq!(metrics.profiles_failed.get(), 2);
+        // Windows of an earlier run found damaged were never counted as
+        // taken by this one, so they are not counted as failed either.
+        assert_eq!(metrics.profiles_failed.get(), 0);
         assert_eq!(
             names(dir.path()),
             vec![
@@ -745,6 +814,27 @@ mod tests {
         assert_eq!(spool.len(), 2);
         assert_eq!(spool.oldest_sequence(), Some(3));
         assert_eq!(metrics.spool_evictions.get(), 2);
+        // Their samples were counted from the files' profile headers.
+        assert_eq!(metrics.samples_dropped.get(), 20);
+    }
+
+    #[test]
+    fn summaries_count_samples_and_reject_lengths_past_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.batch");
+        let bytes = encode(&batch(5, 3, 100));
+        fs::write(&path, &bytes).expect("write");
+        let summary = read_summary(&path).expect("summary");
+        assert_eq!(
+            summary,
+            Summary {
+                sequence: 5,
+                profiles: 3,
+                samples: 10 + 11 + 12
+            }
+        );
+        fs::write(&path, &bytes[..bytes.len() - 120]).expect("write");
+        assert!(read_summary(&path).is_err(), "a truncated pprof must not pass");
     }
 
     #[test]

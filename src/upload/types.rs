@@ -95,3 +95,10 @@ pub struct Batch {
     /// One profile per process that had samples.
     pub profiles: Vec<SeriesProfile>,
 }
+
+impl Batch {
+    /// The samples in all of its profiles.
+    pub fn samples(&self) -> u64 {
+        self.profiles.iter().map(|p| p.samples).sum()
+    }
+}
