@@ -18,6 +18,8 @@
 pub mod agent;
 pub mod bpf;
 pub mod cli;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kubernetes;
 pub mod oneshot;
 pub mod pprof;

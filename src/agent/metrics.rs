@@ -61,6 +61,10 @@ pub struct Metrics {
     pub upload_duration: Histogram,
     /// `taskprof_symbolization_failures_total`: addresses that could not be symbolized.
     pub symbolization_failures: Counter,
+    /// `taskprof_perf_map_problems_total{problem}`: `/tmp/perf-PID.map`
+    /// files not read (`symlink`, `not_regular`, `owner`, `unreadable`) or
+    /// cut at their size bound (`truncated`).
+    pub perf_map_problems: Family<ProblemLabels, Counter>,
     /// `taskprof_samples_filtered_total`: samples of processes the filters left out.
     pub samples_filtered: Counter,
     /// `taskprof_kubernetes_metadata_missing_total`: times a container's pod
@@ -107,6 +111,13 @@ pub struct Metrics {
 pub struct StatusLabels {
     /// The status.
     pub status: String,
+}
+
+/// The `problem` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ProblemLabels {
+    /// What was wrong.
+    pub problem: String,
 }
 
 /// The `result` label.
@@ -228,6 +239,13 @@ impl Metrics {
                 "Addresses that could not be symbolized",
                 None,
                 Counter::default(),
+            ),
+            perf_map_problems: register(
+                &mut r,
+                "taskprof_perf_map_problems",
+                "Perf maps (/tmp/perf-PID.map) not read or cut at their size bound, by problem",
+                None,
+                Family::default(),
             ),
             samples_filtered: register(
                 &mut r,
@@ -370,6 +388,14 @@ impl Metrics {
             result: result.to_string(),
         };
         raise_to(&self.user_stacks.get_or_create(&labels), total);
+    }
+
+    /// Raises `taskprof_perf_map_problems_total{problem}` to an absolute total.
+    pub fn set_perf_map_problems_total(&self, problem: &str, total: u64) {
+        let labels = ProblemLabels {
+            problem: problem.to_string(),
+        };
+        raise_to(&self.perf_map_problems.get_or_create(&labels), total);
     }
 
     /// Raises `taskprof_symbolization_failures_total` to an absolute total.

@@ -210,6 +210,9 @@ fn record_window(
     metrics.set_stacks_lost_total("kernel_stacks_map_full", totals.kernel_stack_map_full);
     metrics.set_stacks_lost_total("kernel_capture_error", totals.kernel_stack_error);
     metrics.set_symbolization_failures_total(processor.symbolization_failures());
+    for (problem, total) in processor.perf_map_problems() {
+        metrics.set_perf_map_problems_total(problem, total);
+    }
     raise_to(&metrics.samples_filtered, filtered);
     raise_to(&metrics.kubernetes_metadata_missing, processor.missing_metadata());
     metrics.tracked_processes.set(session.processes().len() as i64);

@@ -130,6 +130,11 @@ impl WindowProcessor {
         self.symbolizer.failures()
     }
 
+    /// Perf maps refused or cut short so far, by problem.
+    pub fn perf_map_problems(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.symbolizer.perf_map_problems()
+    }
+
     /// Builds the window's batch: one gzipped pprof per process with
     /// samples, labelled for upload. Then forgets what is no longer needed.
     pub fn finish_window(

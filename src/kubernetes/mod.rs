@@ -34,6 +34,8 @@ pub use cache::{CacheStats, PodCache, DEFAULT_DELETED_GRACE, REFRESH_INTERVAL, U
 pub use filter::{LabelSelector, PodFilter, Requirement, SelectorError, MIN_CONTAINER_ID_PREFIX};
 pub use labels::{series_labels, LabelOptions, DEFAULT_SERVICE_NAME_LABEL};
 pub use pod::{strip_runtime_prefix, PodMetadata};
+/// The list/watch decoders, for the fuzz targets ([`crate::fuzzing`]).
+pub(crate) use watch::fuzzing as watch_fuzzing;
 pub use watch::spawn_watcher;
 
 /// Where the in-cluster service account is mounted.

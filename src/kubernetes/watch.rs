@@ -20,7 +20,7 @@ use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 use url::Url;
 
-use super::pod::{decode_pod, ObjectMeta};
+use super::pod::{decode_pod, ObjectMeta, PodMetadata};
 use super::{KubeConfig, KubeError, PodCache};
 use crate::util::backoff::Backoff;
 use crate::util::secret::{authorization, read_secret_file};
@@ -406,21 +406,7 @@ impl Watcher {
             url: redacted(&url),
             reason: error_chain(&err),
         })?;
-        let list: PodList = serde_json::from_slice(&body).map_err(|err| decode(err.to_string()))?;
-        let version = list
-            .metadata
-            .resource_version
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| decode("the pod list has no metadata.resourceVersion".to_string()))?;
-        let mut pods = Vec::with_capacity(list.items.len());
-        let mut undecodable = 0usize;
-        for item in list.items {
-            match decode_pod(item) {
-                Ok(Some(pod)) => pods.push(pod),
-                Ok(None) => {}
-                Err(_) => undecodable += 1,
-            }
-        }
+        let (version, pods, undecodable) = decode_list(&body).map_err(decode)?;
         if undecodable > 0 {
             tracing::debug!(undecodable, "skipped pods that could not be decoded");
         }
@@ -499,44 +485,151 @@ impl Watcher {
 
     /// Applies one watch event line to the cache.
     fn apply_event(&self, line: &[u8], version: &mut String) -> Result<(), KubeError> {
-        let event: WatchEvent = serde_json::from_slice(line).map_err(|err| KubeError::Decode {
-            url: redacted(&self.pods_url),
-            reason: format!("a watch event is not valid JSON: {err}"),
-        })?;
-        if event.kind == "ERROR" {
-            let status: Status = serde_json::from_value(event.object).unwrap_or_default();
-            let code = status.code.unwrap_or(0);
-            if code == 410 {
-                return Err(KubeError::Gone);
-            }
-            return Err(KubeError::Status {
+        let event = decode_event(line).map_err(|error| match error {
+            EventError::NotJson(reason) => KubeError::Decode {
+                url: redacted(&self.pods_url),
+                reason: format!("a watch event is not valid JSON: {reason}"),
+            },
+            EventError::Gone => KubeError::Gone,
+            EventError::Status { code, message } => KubeError::Status {
                 status: code,
                 url: redacted(&self.pods_url),
-                message: shorten(status.message.or(status.reason).unwrap_or_default()),
+                message,
                 hint: status_hint(code),
-            });
-        }
-        let event_version = event
-            .object
-            .get("metadata")
-            .and_then(|m| m.get("resourceVersion"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string);
-        match event.kind.as_str() {
-            "ADDED" | "MODIFIED" | "DELETED" => match decode_pod(event.object) {
-                Ok(Some(pod)) if event.kind == "DELETED" => self.cache.delete(&pod.pod_uid),
-                Ok(Some(pod)) => self.cache.upsert(pod),
-                Ok(None) => {}
-                Err(err) => tracing::debug!(%err, kind = %event.kind, "skipped a pod event that could not be decoded"),
             },
-            "BOOKMARK" => {}
-            other => tracing::debug!(kind = other, "ignored a watch event of an unknown type"),
+        })?;
+        match event.change {
+            PodChange::Upsert(pod) => self.cache.upsert(pod),
+            PodChange::Delete(uid) => self.cache.delete(&uid),
+            PodChange::Nothing => {}
         }
-        if let Some(event_version) = event_version.filter(|v| !v.is_empty()) {
+        if let Some(event_version) = event.version {
             *version = event_version;
         }
         self.cache.note_sync();
         Ok(())
+    }
+}
+
+/// A pod list's resource version, its pods, and how many items could not
+/// be decoded (skipped).
+fn decode_list(body: &[u8]) -> Result<(String, Vec<PodMetadata>, usize), String> {
+    let list: PodList = serde_json::from_slice(body).map_err(|err| err.to_string())?;
+    let version = list
+        .metadata
+        .resource_version
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| "the pod list has no metadata.resourceVersion".to_string())?;
+    let mut pods = Vec::with_capacity(list.items.len());
+    let mut undecodable = 0usize;
+    for item in list.items {
+        match decode_pod(item) {
+            Ok(Some(pod)) => pods.push(pod),
+            Ok(None) => {}
+            Err(_) => undecodable += 1,
+        }
+    }
+    Ok((version, pods, undecodable))
+}
+
+/// What a watch event asks of the pod cache.
+enum PodChange {
+    Upsert(PodMetadata),
+    /// Forget the pod with this UID.
+    Delete(String),
+    Nothing,
+}
+
+/// One decoded watch event: the change, and the resource version to resume
+/// from after it.
+struct DecodedEvent {
+    change: PodChange,
+    version: Option<String>,
+}
+
+/// A watch event line that ends the watch.
+enum EventError {
+    NotJson(String),
+    /// An ERROR event with code 410: relist.
+    Gone,
+    /// Another ERROR event.
+    Status {
+        code: u16,
+        message: String,
+    },
+}
+
+/// Decodes one watch event line. Pods that cannot be decoded and unknown
+/// event types are skipped (logged at debug level), not errors.
+fn decode_event(line: &[u8]) -> Result<DecodedEvent, EventError> {
+    let event: WatchEvent = serde_json::from_slice(line).map_err(|err| EventError::NotJson(err.to_string()))?;
+    if event.kind == "ERROR" {
+        let status: Status = serde_json::from_value(event.object).unwrap_or_default();
+        let code = status.code.unwrap_or(0);
+        if code == 410 {
+            return Err(EventError::Gone);
+        }
+        let message = shorten(status.message.or(status.reason).unwrap_or_default());
+        return Err(EventError::Status { code, message });
+    }
+    let version = event
+        .object
+        .get("metadata")
+        .and_then(|m| m.get("resourceVersion"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let change = match event.kind.as_str() {
+        "ADDED" | "MODIFIED" | "DELETED" => match decode_pod(event.object) {
+            Ok(Some(pod)) if event.kind == "DELETED" => PodChange::Delete(pod.pod_uid),
+            Ok(Some(pod)) => PodChange::Upsert(pod),
+            Ok(None) => PodChange::Nothing,
+            Err(err) => {
+                tracing::debug!(%err, kind = %event.kind, "skipped a pod event that could not be decoded");
+                PodChange::Nothing
+            }
+        },
+        "BOOKMARK" => PodChange::Nothing,
+        other => {
+            tracing::debug!(kind = other, "ignored a watch event of an unknown type");
+            PodChange::Nothing
+        }
+    };
+    Ok(DecodedEvent { change, version })
+}
+
+/// The decoders on bytes, for the fuzz targets.
+pub(crate) mod fuzzing {
+    use super::{LineBuffer, PodChange, PodMetadata};
+
+    /// The lines of a watch stream delivered in chunks of `chunk` bytes.
+    pub(crate) fn split_lines(stream: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut buffer = LineBuffer::default();
+        let mut lines = Vec::new();
+        for piece in stream.chunks(chunk.max(1)) {
+            buffer.push(piece);
+            while let Some(line) = buffer.next_line() {
+                lines.push(line);
+            }
+        }
+        lines
+    }
+
+    /// The pod a watch event line adds, changes or deletes, if any.
+    pub(crate) fn decode_event(line: &[u8]) -> Option<PodMetadata> {
+        match super::decode_event(line).ok()?.change {
+            PodChange::Upsert(pod) => Some(pod),
+            PodChange::Delete(uid) => Some(PodMetadata {
+                pod_uid: uid,
+                ..PodMetadata::default()
+            }),
+            PodChange::Nothing => None,
+        }
+    }
+
+    /// A pod list's resource version and pods.
+    pub(crate) fn decode_list(body: &[u8]) -> Result<(String, Vec<PodMetadata>), String> {
+        super::decode_list(body).map(|(version, pods, _)| (version, pods))
     }
 }
 

@@ -21,7 +21,7 @@ use blazesym::symbolize::{Input, Symbolized};
 
 pub use demangle::demangle;
 pub use kernel::KernelSymbols;
-pub use perf_map::PerfMap;
+pub use perf_map::{PerfMap, PerfMapRead, PerfMapRefusal, MAX_PERF_MAP_BYTES};
 
 use crate::process::{FileKey, ObjectFile};
 
@@ -73,6 +73,11 @@ pub struct Symbolizer {
     kernel: HashMap<u64, Lines>,
     kernel_symbols: Option<KernelSymbols>,
     perf_maps: HashMap<u32, Option<PerfMap>>,
+    /// Perf maps not read or only partly read, by why.
+    perf_map_problems: std::collections::BTreeMap<&'static str, u64>,
+    /// Processes whose perf map problem was logged; the maps are read again
+    /// each window and one line per process is enough.
+    perf_map_warned: rustc_hash::FxHashSet<u32>,
     failures: u64,
     debug_info: bool,
 }
@@ -111,6 +116,8 @@ impl Symbolizer {
             kernel: HashMap::default(),
             kernel_symbols: None,
             perf_maps: HashMap::default(),
+            perf_map_problems: Default::default(),
+            perf_map_warned: Default::default(),
             failures: 0,
             debug_info,
         }
@@ -289,16 +296,55 @@ impl Symbolizer {
 
     /// Names JIT code through the process's perf map, if it has one.
     pub fn perf_map_lines(&mut self, tgid: u32, address: u64) -> Option<Lines> {
-        let map = self
-            .perf_maps
-            .entry(tgid)
-            .or_insert_with(|| PerfMap::load_for(tgid))
-            .as_ref()?;
+        if !self.perf_maps.contains_key(&tgid) {
+            let map = self.read_perf_map(tgid);
+            self.perf_maps.insert(tgid, map);
+        }
+        let map = self.perf_maps.get(&tgid)?.as_ref()?;
         let name = map.lookup(address)?.to_string();
         Some(Arc::from(vec![LineInfo {
             function: intern(&mut self.functions, &name, String::new(), 0),
             line: 0,
         }]))
+    }
+
+    /// Reads a perf map, counting and logging (once per process) one that
+    /// is refused or cut short.
+    fn read_perf_map(&mut self, tgid: u32) -> Option<PerfMap> {
+        let (map, problem, why) = match PerfMap::load_for(tgid) {
+            PerfMapRead::Missing => return None,
+            PerfMapRead::Loaded { map, truncated: false } => return Some(map),
+            PerfMapRead::Loaded { map, truncated: true } => (
+                Some(map),
+                "truncated",
+                format!("it is longer than {MAX_PERF_MAP_BYTES} bytes; only that much was read"),
+            ),
+            PerfMapRead::Refused { path, refusal } => {
+                let problem = match refusal {
+                    PerfMapRefusal::Missing => return None,
+                    PerfMapRefusal::Symlink => "symlink",
+                    PerfMapRefusal::NotRegular => "not_regular",
+                    PerfMapRefusal::Owner(_) => "owner",
+                    PerfMapRefusal::Unreadable(_) => "unreadable",
+                };
+                (None, problem, format!("ignored `{}`: {refusal}", path.display()))
+            }
+        };
+        *self.perf_map_problems.entry(problem).or_default() += 1;
+        if self.perf_map_warned.len() > 10_000 {
+            self.perf_map_warned.clear();
+        }
+        if self.perf_map_warned.insert(tgid) {
+            tracing::warn!(pid = tgid, problem, "a process's perf map: {why}");
+        }
+        map
+    }
+
+    /// Perf maps not read (`symlink`, `not_regular`, `owner`,
+    /// `unreadable`) or only partly read (`truncated`), counted each time
+    /// one is read.
+    pub fn perf_map_problems(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.perf_map_problems.iter().map(|(&problem, &count)| (problem, count))
     }
 }
 

@@ -65,6 +65,8 @@ pub use delivery::{Delivery, DeliveryOptions};
 pub use file::FileUploader;
 pub use parca::ParcaUploader;
 pub use pyroscope::PyroscopeUploader;
+/// The spool's file format, for the fuzz targets ([`crate::fuzzing`]).
+pub(crate) use spool::fuzzing as spool_fuzzing;
 pub use spool::Spool;
 pub use types::*;
 

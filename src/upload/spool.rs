@@ -413,7 +413,11 @@ struct Summary {
 fn read_summary(path: &Path) -> Result<Summary, String> {
     let file = File::open(path).map_err(|err| format!("cannot open it: {err}"))?;
     let size = file.metadata().map_err(|err| format!("cannot stat it: {err}"))?.len();
-    let mut input = io::BufReader::new(file);
+    summarize(io::BufReader::new(file), size)
+}
+
+/// [`read_summary`] of `size` bytes from `input`.
+fn summarize(mut input: impl io::BufRead + io::Seek, size: u64) -> Result<Summary, String> {
     let mut header = [0u8; HEADER_LEN];
     input
         .read_exact(&mut header)
@@ -422,13 +426,12 @@ fn read_summary(path: &Path) -> Result<Summary, String> {
     let mut offset = HEADER_LEN as u64;
     let mut samples = 0u64;
     let truncated = |err: io::Error| format!("it is truncated or unreadable: {err}");
-    let skip = |input: &mut io::BufReader<File>, offset: &mut u64, len: u64| -> Result<(), String> {
-        // A length past the end is damage; seeking there would succeed.
+    // Every length is checked against the size first: one pointing past
+    // the end is damage, and seeking there would succeed.
+    let skip = |input: &mut dyn io::Seek, offset: &mut u64, len: u64| -> Result<(), String> {
         let end = offset.checked_add(len).filter(|&end| end <= size);
-        let end = end.ok_or_else(|| "a length points past its end".to_string())?;
-        let step = i64::try_from(len).map_err(|_| "a length points past its end".to_string())?;
-        input.seek_relative(step).map_err(truncated)?;
-        *offset = end;
+        *offset = end.ok_or_else(|| "a length points past its end".to_string())?;
+        input.seek(io::SeekFrom::Start(*offset)).map_err(truncated)?;
         Ok(())
     };
     for _ in 0..header.profiles {
@@ -449,6 +452,31 @@ fn read_summary(path: &Path) -> Result<Summary, String> {
         profiles: header.profiles,
         samples,
     })
+}
+
+/// The file format on bytes in memory, for the fuzz targets.
+pub(crate) mod fuzzing {
+    use super::{Batch, Summary};
+
+    /// Reads a whole window.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Batch, String> {
+        super::decode(bytes)
+    }
+
+    /// Writes a whole window.
+    pub(crate) fn encode(batch: &Batch) -> Vec<u8> {
+        super::encode(batch)
+    }
+
+    /// What opening the spool reads of a file: sequence, profiles, samples.
+    pub(crate) fn summary_of(bytes: &[u8]) -> Result<(u64, u64, u64), String> {
+        let Summary {
+            sequence,
+            profiles,
+            samples,
+        } = super::summarize(std::io::Cursor::new(bytes), bytes.len() as u64)?;
+        Ok((sequence, profiles, samples))
+    }
 }
 
 fn read_u32(input: &mut impl Read) -> io::Result<u32> {
