@@ -96,6 +96,7 @@ def main():
         if "status" in request:
             statuses[request["status"]] = statuses.get(request["status"], 0) + 1
     outages = sum(1 for r in requests if r.get("event") == "down")
+    resets = sum(1 for r in requests if r.get("event") == "reset")
 
     ok = stopped is not None and stopped["samples"] == taken
     verdict = check(ok, "the windows do not add up to the stopped line")
@@ -129,7 +130,8 @@ def main():
         verdict = "not checked (the receiver never went down)"
     lines.append(
         f"- receiver: {statuses.get(200, 0)} accepted, {statuses.get(429, 0)} answered 429, "
-        f"{statuses.get(503, 0)} answered 503, {statuses.get(400, 0)} invalid, down {outages} times"
+        f"{statuses.get(503, 0)} answered 503, {statuses.get(400, 0)} invalid, down {outages} times "
+        f"(kept-alive connections reset {resets} times)"
     )
     lines.append(
         f"- spool: peak {peak_spool / 1024:.0f} KiB (sampled each minute), {evictions} windows evicted: {verdict}"

@@ -4,7 +4,8 @@ misbehaves on a schedule.
 
 Each cycle of --cycle seconds it accepts for the first quarter, answers 429
 (with Retry-After) for a twelfth, 503 for a twelfth, closes its listening
-socket for a quarter (connection refused: the agent spools) and accepts for
+socket for a quarter (connection refused, and connections kept alive from
+before are reset: the agent spools) and accepts for
 the last third, while the spool drains. After --ok-after seconds it only
 accepts, so that the run can end with everything delivered.
 
@@ -18,6 +19,7 @@ import argparse
 import gzip
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -134,6 +136,13 @@ def handler(state):
             query = urllib.parse.parse_qs(url.query)
             name = query.get("name", [""])[0]
             mode = state.mode()
+            if mode == "down":
+                # A connection kept alive from before the outage: drop it, as
+                # a backend that went away would, instead of answering.
+                state.record(event="reset", name=name)
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             if url.path not in ("/ingest", "/pyroscope/ingest"):
                 state.record(status=404, path=url.path)
                 return self.reply(404, b"not found")
