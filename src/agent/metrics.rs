@@ -95,6 +95,10 @@ pub struct Metrics {
     /// without unwinding because their process had more than the BPF
     /// program searches (256).
     pub unwind_mappings_over_limit: Counter,
+    /// `taskprof_unwind_tables_failed_total`: files whose unwind table could
+    /// not be built (no or malformed call frame information, or too large);
+    /// their code is walked by frame pointers.
+    pub unwind_tables_failed: Counter,
     /// `taskprof_python_processes{status}`: CPython processes found since
     /// start, by whether their frames are walked (`walked`) or why not
     /// (`unsupported`, `unreadable`).
@@ -317,6 +321,13 @@ impl Metrics {
                 None,
                 Counter::default(),
             ),
+            unwind_tables_failed: register(
+                &mut r,
+                "taskprof_unwind_tables_failed",
+                "Files whose unwind table could not be built; their code is walked by frame pointers",
+                None,
+                Counter::default(),
+            ),
             unwind_mappings_over_limit: register(
                 &mut r,
                 "taskprof_unwind_mappings_over_limit",
@@ -494,6 +505,7 @@ mod tests {
             "taskprof_unwind_table_bytes 0",
             "taskprof_unwind_tables_over_budget_total 0",
             "taskprof_unwind_mappings_over_limit_total 0",
+            "taskprof_unwind_tables_failed_total 0",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }

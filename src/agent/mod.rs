@@ -225,6 +225,7 @@ fn record_window(
         metrics.unwind_table_bytes.set(unwind.used_bytes() as i64);
         raise_to(&metrics.unwind_tables_over_budget, unwind.stats().budget_exhausted);
         raise_to(&metrics.unwind_mappings_over_limit, unwind.stats().mappings_dropped);
+        raise_to(&metrics.unwind_tables_failed, unwind.stats().tables_failed);
     }
     if let Some(python) = session.python() {
         for (status, count) in python.statuses() {

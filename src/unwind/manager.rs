@@ -262,9 +262,10 @@ impl UnwindManager {
         let mut entries = Vec::with_capacity(info.mappings.len().min(MAX_MAPPINGS));
         let mut used = Vec::new();
         let mut waiting = Vec::new();
+        let mut dropped = 0u64;
         for mapping in mappings_in_order(info) {
             if entries.len() == MAX_MAPPINGS {
-                self.stats.mappings_dropped += 1;
+                dropped += 1;
                 continue;
             }
             let table_key = match &mapping.kind {
@@ -305,6 +306,15 @@ impl UnwindManager {
                 }
             }
             entries.push(entry);
+        }
+        if dropped > 0 {
+            self.stats.mappings_dropped += dropped;
+            tracing::info!(
+                pid = key.tgid,
+                mappings = dropped + MAX_MAPPINGS as u64,
+                searched = MAX_MAPPINGS,
+                "a process has more executable mappings than the unwinder searches; code in the others is walked by frame pointers"
+            );
         }
         for table_key in &used {
             if let Some(table) = self.tables.get_mut(table_key) {
@@ -504,6 +514,11 @@ impl UnwindManager {
         let table = match built {
             Ok(table) if !table.rows.is_empty() => table,
             Ok(_) | Err(_) => {
+                let reason = match built {
+                    Ok(_) => "no rows".to_string(),
+                    Err(err) => err.to_string(),
+                };
+                tracing::info!(table = ?key, %reason, "no unwind table for a file: its code is walked by frame pointers");
                 self.stats.tables_failed += 1;
                 self.failed.insert(key.clone(), ());
                 return;
@@ -633,6 +648,12 @@ pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
 /// binary comes close; a sparse file could claim terabytes).
 const MAX_FILE_BYTES: u64 = 4 << 30;
 
+/// `.eh_frame` plus `.debug_frame` larger than this are not read: the
+/// largest real ones are tens of MiB (all of /usr on the development
+/// machine holds 41 MiB), and the rows built from them must fit in memory
+/// before the table memory budget can refuse them.
+const MAX_CFI_BYTES: u64 = 64 << 20;
+
 /// [`read_unwind_file`] on an open file.
 fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
     let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len();
@@ -681,6 +702,11 @@ fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
         .filter(|s| matches!(s.name.as_str(), ".eh_frame" | ".debug_frame"))
         .map(|s| s.file_range.clone())
         .collect();
+    // Section headers are whatever the file says: a sparse file can claim
+    // gigabytes of call frame information, which would all be read.
+    if wanted.iter().map(|range| range.len() as u64).sum::<u64>() > MAX_CFI_BYTES {
+        return Err(ElfError::Malformed("unwind sections larger than taskprof reads").into());
+    }
     for range in wanted {
         read_range(&mut buffer, range.start, range.end)?;
     }

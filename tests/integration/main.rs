@@ -14,6 +14,7 @@ mod agent_series;
 mod agent_spool;
 mod agent_unwind;
 mod agent_upload;
+mod hostile_processes;
 mod kubernetes_metadata;
 mod profile_cli_errors;
 mod profile_jit;

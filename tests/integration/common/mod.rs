@@ -22,7 +22,7 @@ pub mod unwind;
 
 /// Flags every fixture is built with: frame pointers for the unwinder,
 /// no inlining so each C function is its own frame, and DWARF for names.
-const FIXTURE_CFLAGS: &[&str] = &["-g", "-O1", "-fno-omit-frame-pointer", "-fno-inline"];
+pub const FIXTURE_CFLAGS: &[&str] = &["-g", "-O1", "-fno-omit-frame-pointer", "-fno-inline"];
 
 /// How long a profiling run may take before the test gives up on it. Far
 /// longer than any profile the tests ask for, because BPF loading and
