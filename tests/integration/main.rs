@@ -8,6 +8,7 @@ mod common;
 mod agent_backend_failures;
 mod agent_capabilities;
 mod agent_config_errors;
+mod agent_crash_safety;
 mod agent_kubernetes;
 mod agent_receivers;
 mod agent_series;
