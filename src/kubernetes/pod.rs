@@ -44,10 +44,16 @@ impl PodMetadata {
 
 /// A container id without its runtime scheme (`containerd://`, `cri-o://`,
 /// `docker://`, or any other `scheme://`), lowercased; `None` when nothing
-/// is left (a container that has not started yet has an empty id).
+/// is left (a container that has not started yet has an empty id) or what
+/// is left is not an id.
 pub fn strip_runtime_prefix(container_id: &str) -> Option<String> {
     let id = container_id.split_once("://").map_or(container_id, |(_, id)| id).trim();
-    (!id.is_empty()).then(|| id.to_ascii_lowercase())
+    // Ids are hex digests; anything with separators (a second scheme, a
+    // path) is not one and could never match a cgroup.
+    let plausible = id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    (!id.is_empty() && plausible).then(|| id.to_ascii_lowercase())
 }
 
 #[derive(Deserialize)]
@@ -219,6 +225,15 @@ mod tests {
         assert_eq!(strip_runtime_prefix("containerd://ABC").as_deref(), Some("abc"));
         assert_eq!(strip_runtime_prefix(""), None);
         assert_eq!(strip_runtime_prefix("containerd://"), None);
+    }
+
+    /// Found by the `kubernetes` fuzz target: `docker://aaaer://aaa` kept
+    /// `aaaer://aaa` as the container id.
+    #[test]
+    fn container_ids_with_a_second_scheme_are_refused() {
+        assert_eq!(strip_runtime_prefix("docker://abc0er://abc1"), None);
+        assert_eq!(strip_runtime_prefix("containerd://abc/def"), None);
+        assert_eq!(strip_runtime_prefix("cri-o://0123abcd").as_deref(), Some("0123abcd"));
     }
 
     #[test]

@@ -168,14 +168,17 @@ fn pod_segment(segment: &str) -> Option<String> {
     canonical_pod_uid(&name[at + 3..])
 }
 
-/// A UUID with `-` or `_` separators in canonical form, or a static pod's
+/// A UUID with `-` or `_` separators (one kind throughout) in canonical form, or a static pod's
 /// 32-hex hash as it is.
 fn canonical_pod_uid(text: &str) -> Option<String> {
     const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
     if text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Some(text.to_ascii_lowercase());
     }
-    let groups: Vec<&str> = text.split(['-', '_']).collect();
+    // One separator throughout: `-` in cgroupfs paths, `_` where systemd
+    // escaped them; a mix is neither.
+    let separator = if text.contains('_') { '_' } else { '-' };
+    let groups: Vec<&str> = text.split(separator).collect();
     let well_formed = groups.len() == GROUPS.len()
         && groups
             .iter()
@@ -353,6 +356,21 @@ mod tests {
             None,
             Some("0123456789abcdef0123456789abcdef"),
             None,
+        );
+    }
+
+    /// Found by the `cgroup` fuzz target: `pod0a1b2c3d_4e5f_4a78-899a-…`
+    /// was read as a pod UID.
+    #[test]
+    fn a_pod_uid_with_mixed_separators_is_not_a_pod_uid() {
+        assert_eq!(canonical_pod_uid("0a1b2c3d_4e5f_4a78-899a-abbccddeeff0"), None);
+        assert_eq!(
+            canonical_pod_uid("0A1B2C3D_4E5F_4A78_899A_ABBCCDDEEFF0").as_deref(),
+            Some("0a1b2c3d-4e5f-4a78-899a-abbccddeeff0")
+        );
+        assert_eq!(
+            canonical_pod_uid("0a1b2c3d-4e5f-4a78-899a-abbccddeeff0").as_deref(),
+            Some("0a1b2c3d-4e5f-4a78-899a-abbccddeeff0")
         );
     }
 

@@ -49,7 +49,9 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
     let (start, end) = range.split_once('-')?;
     let start = u64::from_str_radix(start, 16).ok()?;
     let end = u64::from_str_radix(end, 16).ok()?;
-    if end < start || perms.len() < 4 {
+    // An empty range is no mapping: the kernel never shows one, and every
+    // later step assumes start < end.
+    if end <= start || perms.len() < 4 {
         return None;
     }
     let perms = perms.as_bytes();
@@ -120,6 +122,13 @@ ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsysca
         assert_eq!(entries[6].backing, Backing::DeletedFile("/tmp/my app".into()));
         assert_eq!(entries[7].backing, Backing::Special("[vdso]".into()));
         assert!(!entries[8].readable && entries[8].executable);
+    }
+
+    /// Found by the `proc_maps` fuzz target: `start == end` was accepted.
+    #[test]
+    fn an_empty_maps_range_is_malformed() {
+        assert_eq!(parse_maps_line("7f00-7f00 r-xp 00000000 00:00 0 [vdso]"), None);
+        assert!(parse_maps_line("7f00-7f01 r-xp 00000000 00:00 0 [vdso]").is_some());
     }
 
     #[test]

@@ -846,6 +846,18 @@ mod tests {
         assert_eq!(metrics.samples_dropped.get(), 20);
     }
 
+    /// Found by the `spool` fuzz target: summing the sample counts of a
+    /// window read back overflowed (a panic in debug builds).
+    #[test]
+    fn window_sample_totals_saturate_instead_of_overflowing() {
+        let mut window = batch(3, 2, 10);
+        window.profiles[0].samples = u64::MAX;
+        assert_eq!(window.samples(), u64::MAX);
+        let bytes = encode(&window);
+        assert_eq!(decode(&bytes).expect("decode").samples(), u64::MAX);
+        assert_eq!(fuzzing::summary_of(&bytes).map(|(_, _, samples)| samples), Ok(u64::MAX));
+    }
+
     #[test]
     fn summaries_count_samples_and_reject_lengths_past_the_end() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -97,8 +97,11 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The samples in all of its profiles.
+    /// The samples in all of its profiles. Saturates: a window read back
+    /// from a damaged or crafted spool file may claim any counts.
     pub fn samples(&self) -> u64 {
-        self.profiles.iter().map(|p| p.samples).sum()
+        self.profiles
+            .iter()
+            .fold(0u64, |total, p| total.saturating_add(p.samples))
     }
 }
