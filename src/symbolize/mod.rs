@@ -21,7 +21,7 @@ use blazesym::symbolize::{Input, Symbolized};
 
 pub use demangle::demangle;
 pub use kernel::KernelSymbols;
-pub use perf_map::{PerfMap, PerfMapRead, PerfMapRefusal, MAX_PERF_MAP_BYTES};
+pub use perf_map::{PerfMap, PerfMapRead, PerfMapRefusal, PerfMapStamp, MAX_PERF_MAP_BYTES};
 
 use crate::process::{FileKey, ObjectFile};
 
@@ -65,6 +65,16 @@ pub fn synthetic_lines(name: impl Into<String>) -> Lines {
     }])
 }
 
+/// A process's perf map as last read.
+#[derive(Debug, Default)]
+struct CachedPerfMap {
+    map: Option<PerfMap>,
+    /// The file it came from, to skip reading it again while unchanged.
+    stamp: Option<PerfMapStamp>,
+    /// Whether the file was looked at since [`Symbolizer::reload_perf_maps`].
+    current: bool,
+}
+
 /// Symbolizer with caches for user files and the kernel.
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
@@ -72,7 +82,7 @@ pub struct Symbolizer {
     functions: HashMap<FunctionInfo, Arc<FunctionInfo>>,
     kernel: HashMap<u64, Lines>,
     kernel_symbols: Option<KernelSymbols>,
-    perf_maps: HashMap<u32, Option<PerfMap>>,
+    perf_maps: HashMap<u32, CachedPerfMap>,
     /// Perf maps not read or only partly read, by why.
     perf_map_problems: std::collections::BTreeMap<&'static str, u64>,
     /// Processes whose perf map problem was logged; the maps are read again
@@ -245,10 +255,13 @@ impl Symbolizer {
         }
     }
 
-    /// Forgets parsed perf maps: JIT runtimes append to them, so a
-    /// long-running agent re-reads them each window.
+    /// Marks parsed perf maps as stale: JIT runtimes append to them, so a
+    /// long-running agent looks at them again each window, and reads those
+    /// that changed.
     pub fn reload_perf_maps(&mut self) {
-        self.perf_maps.clear();
+        for cached in self.perf_maps.values_mut() {
+            cached.current = false;
+        }
     }
 
     /// Entries in the address caches (user and kernel), for bounds checks.
@@ -296,11 +309,12 @@ impl Symbolizer {
 
     /// Names JIT code through the process's perf map, if it has one.
     pub fn perf_map_lines(&mut self, tgid: u32, address: u64) -> Option<Lines> {
-        if !self.perf_maps.contains_key(&tgid) {
-            let map = self.read_perf_map(tgid);
-            self.perf_maps.insert(tgid, map);
+        if !self.perf_maps.get(&tgid).is_some_and(|cached| cached.current) {
+            let previous = self.perf_maps.remove(&tgid).unwrap_or_default();
+            let cached = self.read_perf_map(tgid, previous);
+            self.perf_maps.insert(tgid, cached);
         }
-        let map = self.perf_maps.get(&tgid)?.as_ref()?;
+        let map = self.perf_maps.get(&tgid)?.map.as_ref()?;
         let name = map.lookup(address)?.to_string();
         Some(Arc::from(vec![LineInfo {
             function: intern(&mut self.functions, &name, String::new(), 0),
@@ -310,24 +324,39 @@ impl Symbolizer {
 
     /// Reads a perf map, counting and logging (once per process) one that
     /// is refused or cut short.
-    fn read_perf_map(&mut self, tgid: u32) -> Option<PerfMap> {
-        let (map, problem, why) = match PerfMap::load_for(tgid) {
-            PerfMapRead::Missing => return None,
-            PerfMapRead::Loaded { map, truncated: false } => return Some(map),
-            PerfMapRead::Loaded { map, truncated: true } => (
+    fn read_perf_map(&mut self, tgid: u32, previous: CachedPerfMap) -> CachedPerfMap {
+        let fresh = |map, stamp| CachedPerfMap {
+            map,
+            stamp,
+            current: true,
+        };
+        let (map, stamp, problem, why) = match PerfMap::load_for(tgid, previous.stamp) {
+            PerfMapRead::Missing => return fresh(None, None),
+            PerfMapRead::Unchanged => return fresh(previous.map, previous.stamp),
+            PerfMapRead::Loaded {
+                map,
+                truncated: false,
+                stamp,
+            } => return fresh(Some(map), Some(stamp)),
+            PerfMapRead::Loaded {
+                map,
+                truncated: true,
+                stamp,
+            } => (
                 Some(map),
+                Some(stamp),
                 "truncated",
                 format!("it is longer than {MAX_PERF_MAP_BYTES} bytes; only that much was read"),
             ),
             PerfMapRead::Refused { path, refusal } => {
                 let problem = match refusal {
-                    PerfMapRefusal::Missing => return None,
+                    PerfMapRefusal::Missing => return fresh(None, None),
                     PerfMapRefusal::Symlink => "symlink",
                     PerfMapRefusal::NotRegular => "not_regular",
                     PerfMapRefusal::Owner(_) => "owner",
                     PerfMapRefusal::Unreadable(_) => "unreadable",
                 };
-                (None, problem, format!("ignored `{}`: {refusal}", path.display()))
+                (None, None, problem, format!("ignored `{}`: {refusal}", path.display()))
             }
         };
         *self.perf_map_problems.entry(problem).or_default() += 1;
@@ -337,12 +366,12 @@ impl Symbolizer {
         if self.perf_map_warned.insert(tgid) {
             tracing::warn!(pid = tgid, problem, "a process's perf map: {why}");
         }
-        map
+        fresh(map, stamp)
     }
 
     /// Perf maps not read (`symlink`, `not_regular`, `owner`,
-    /// `unreadable`) or only partly read (`truncated`), counted each time
-    /// one is read.
+    /// `unreadable`, counted each window they are looked at) or only partly
+    /// read (`truncated`, counted each time such a file is read).
     pub fn perf_map_problems(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.perf_map_problems.iter().map(|(&problem, &count)| (problem, count))
     }

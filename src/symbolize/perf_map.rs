@@ -11,17 +11,25 @@ use std::path::{Path, PathBuf};
 /// far, so that a process cannot make the agent's memory balloon.
 pub const MAX_PERF_MAP_BYTES: u64 = 64 << 20;
 
+/// The identity and version of a perf map file: device, inode, size and
+/// modification time. A file with the same stamp is not read again.
+pub type PerfMapStamp = (u64, u64, u64, i64, i64);
+
 /// What reading a process's perf map found.
 #[derive(Debug)]
 pub enum PerfMapRead {
     /// No perf map.
     Missing,
+    /// The same file as `previous`, unchanged: not read again.
+    Unchanged,
     /// A perf map, `truncated` if it was longer than [`MAX_PERF_MAP_BYTES`].
     Loaded {
         /// The parsed map.
         map: PerfMap,
         /// Whether only the first [`MAX_PERF_MAP_BYTES`] were read.
         truncated: bool,
+        /// The file it was read from.
+        stamp: PerfMapStamp,
     },
     /// A file that is not read (see [`PerfMapRefusal`]).
     Refused {
@@ -52,10 +60,9 @@ pub enum PerfMapRefusal {
     Unreadable(String),
 }
 
-/// Reads a perf map file as [`PerfMap::load_for`] describes, returning its
-/// text (up to the last whole line within the bound) and whether it was
-/// cut.
-fn read_bounded(path: &Path, owner: Option<u32>) -> Result<(String, bool), PerfMapRefusal> {
+/// Opens a perf map file as [`PerfMap::load_for`] describes, returning it
+/// with its stamp.
+fn open_checked(path: &Path, owner: Option<u32>) -> Result<(File, PerfMapStamp), PerfMapRefusal> {
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
     // writer forever. O_NOFOLLOW: a symlink fails with ELOOP.
     let file = OpenOptions::new()
@@ -76,6 +83,21 @@ fn read_bounded(path: &Path, owner: Option<u32>) -> Result<(String, bool), PerfM
     if metadata.uid() != 0 && Some(metadata.uid()) != owner {
         return Err(PerfMapRefusal::Owner(metadata.uid()));
     }
+    let stamp = (
+        metadata.dev(),
+        metadata.ino(),
+        metadata.len(),
+        metadata.mtime(),
+        metadata.mtime_nsec(),
+    );
+    Ok((file, stamp))
+}
+
+/// Reads a perf map as [`PerfMap::load_for`] does, returning its text and
+/// whether it was cut.
+#[cfg(test)]
+fn read_bounded(path: &Path, owner: Option<u32>) -> Result<(String, bool), PerfMapRefusal> {
+    let (file, _) = open_checked(path, owner)?;
     read_prefix(file, MAX_PERF_MAP_BYTES)
 }
 
@@ -129,18 +151,30 @@ impl PerfMap {
     /// read (never a FIFO that would block or a device), and at most
     /// [`MAX_PERF_MAP_BYTES`] of it. Lines that are not UTF-8 are kept
     /// with replacement characters.
-    pub fn load_for(tgid: u32) -> PerfMapRead {
+    ///
+    /// A file whose stamp equals `previous` is not read again.
+    pub fn load_for(tgid: u32, previous: Option<PerfMapStamp>) -> PerfMapRead {
         let name = format!("perf-{tgid}.map");
         let process = Path::new("/proc").join(tgid.to_string());
         let owner = std::fs::metadata(&process).ok().map(|m| m.uid());
         let candidates: [PathBuf; 2] = [process.join("root/tmp").join(&name), Path::new("/tmp").join(&name)];
         for path in candidates {
-            match read_bounded(&path, owner) {
+            match open_checked(&path, owner) {
                 Err(PerfMapRefusal::Missing) => continue,
                 Err(refusal) => return PerfMapRead::Refused { path, refusal },
-                Ok((text, truncated)) => {
-                    let map = PerfMap::parse(&text);
-                    return PerfMapRead::Loaded { map, truncated };
+                Ok((file, stamp)) if Some(stamp) == previous => {
+                    drop(file);
+                    return PerfMapRead::Unchanged;
+                }
+                Ok((file, stamp)) => {
+                    return match read_prefix(file, MAX_PERF_MAP_BYTES) {
+                        Ok((text, truncated)) => PerfMapRead::Loaded {
+                            map: PerfMap::parse(&text),
+                            truncated,
+                            stamp,
+                        },
+                        Err(refusal) => PerfMapRead::Refused { path, refusal },
+                    };
                 }
             }
         }

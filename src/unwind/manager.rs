@@ -102,6 +102,9 @@ struct LoadedTable {
 #[derive(Debug)]
 struct LoadedProcess {
     incarnation: u32,
+    /// When a load last left mappings out for lack of room: samples in
+    /// those keep asking for a reload that cannot help, so reloads wait.
+    truncated_at: Option<Instant>,
     tables: Vec<TableKey>,
     /// Tables being built that this process maps.
     waiting: Vec<TableKey>,
@@ -176,6 +179,9 @@ pub struct UnwindStats {
     pub processes_loaded: u64,
     /// Mappings left out because a process had more than [`MAX_MAPPINGS`].
     pub mappings_dropped: u64,
+    /// Reloads asked for by a process whose last load already left
+    /// mappings out, and put off (see [`UnwindManager::mappings_changed`]).
+    pub reloads_deferred: u64,
     /// Bytes of `.eh_frame`/`.debug_frame` parsed.
     pub cfi_bytes: u64,
     /// Time spent building tables.
@@ -332,6 +338,7 @@ impl UnwindManager {
             key.tgid,
             LoadedProcess {
                 incarnation: key.incarnation,
+                truncated_at: (dropped > 0).then(Instant::now),
                 tables: used,
                 waiting,
             },
@@ -343,8 +350,24 @@ impl UnwindManager {
 
     /// The process sampled code outside every mapping loaded for it (it
     /// mapped more since): reads its mappings again and reloads it.
+    ///
+    /// A process with more mappings than the BPF program searches samples
+    /// code outside the loaded ones all the time; reading its mappings again
+    /// cannot help unless they changed, so it is reloaded at most once per
+    /// [`TRUNCATED_RELOAD_INTERVAL`] (re-reading 10,000 mappings on every
+    /// such sample starved the agent's windows).
     pub fn mappings_changed(&mut self, maps: &mut dyn UnwindMaps, key: ProcessKey, processes: &mut ProcessTable) {
         if processes.get(key).is_none() {
+            return;
+        }
+        let recently_truncated = self
+            .processes
+            .get(&key.tgid)
+            .filter(|loaded| loaded.incarnation == key.incarnation)
+            .and_then(|loaded| loaded.truncated_at)
+            .is_some_and(|at| at.elapsed() < TRUNCATED_RELOAD_INTERVAL);
+        if recently_truncated {
+            self.stats.reloads_deferred += 1;
             return;
         }
         processes.refresh(key);
@@ -647,6 +670,10 @@ pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
 /// Files larger than this are not read for unwind tables (no real
 /// binary comes close; a sparse file could claim terabytes).
 const MAX_FILE_BYTES: u64 = 4 << 30;
+
+/// How often a process with more mappings than the BPF program searches
+/// is reloaded, at most.
+pub const TRUNCATED_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 
 /// `.eh_frame` plus `.debug_frame` larger than this are not read: the
 /// largest real ones are tens of MiB (all of /usr on the development

@@ -183,8 +183,14 @@ fn a_process_with_ten_thousand_mappings_is_profiled_within_bounds() {
         over >= 9_000.0,
         "mappings beyond the unwinder's 256 are counted: {over}"
     );
-    assert!(
-        outcome.logged("a process has more executable mappings than the unwinder searches; code in the others is walked by frame pointers") >= 1
+    // Samples outside the searched mappings ask for a reload, which cannot
+    // help: reloads are put off (each re-read 10,000 mappings, and they
+    // once made 1 s windows take 10 s).
+    let loads = outcome.logged("a process has more executable mappings than the unwinder searches");
+    assert!((1..=4).contains(&loads), "the process was loaded {loads} times");
+    assert_eq!(
+        outcome.logged("processing a window took longer than the window itself"),
+        0
     );
 }
 
@@ -482,7 +488,12 @@ fn hostile_perf_maps_are_refused_or_bounded_and_counted() {
     let problems = outcome.metrics.samples("taskprof_perf_map_problems_total");
     eprintln!("hostile perf maps: {problems:?}");
     assert!(outcome.metric("taskprof_perf_map_problems_total", "{problem=\"not_regular\"}") >= 1.0);
-    assert!(outcome.metric("taskprof_perf_map_problems_total", "{problem=\"truncated\"}") >= 1.0);
+    // The gigabyte is read (its first 64 MiB) once, not every window: it
+    // does not change.
+    assert_eq!(
+        outcome.metric("taskprof_perf_map_problems_total", "{problem=\"truncated\"}"),
+        1.0
+    );
     assert!(outcome.metric("taskprof_perf_map_problems_total", "{problem=\"symlink\"}") >= 1.0);
     assert!(
         outcome.logged("a process's perf map: ") >= 3,
