@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::agent_run::{assert_windows_in_order, spool_files, wait_until, AgentCommand};
 use crate::common::receivers::{Ingest, Receiver, Reply};
+use crate::common::unwind::XorShift;
 use crate::common::{scratch_dir, Fixture, FixtureProgram};
 
 const KILLS: usize = 100;
@@ -64,21 +65,9 @@ fn spooled(dir: &Path) -> Vec<Spooled> {
         .collect()
 }
 
-/// A small deterministic generator, so that a failing run can be replayed
-/// with the seed it prints.
-struct Random(u64);
-
-impl Random {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
-    }
+/// A number below `bound` from `random`.
+fn below(random: &mut XorShift, bound: u64) -> u64 {
+    random.next() % bound
 }
 
 fn delivered_starts(ingests: &[Ingest]) -> BTreeMap<i64, usize> {
@@ -101,7 +90,8 @@ fn sigkill_at_random_points_never_corrupts_loses_or_reorders_the_spool() {
                 .unwrap_or(0x2545_f491_4f6c_dd1d)
         });
     eprintln!("crash safety: seed {seed} (TASKPROF_CRASH_SEED={seed} replays this run)");
-    let mut random = Random(seed);
+    // The generator is what makes a run replayable from its seed.
+    let mut random = XorShift(seed);
     let fixture = Fixture::spawn(FixtureProgram::Chain, 900.0);
     let up = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -128,13 +118,13 @@ fn sigkill_at_random_points_never_corrupts_loses_or_reorders_the_spool() {
         // (the spool is replayed).
         up.store(kill % 2 == 1, Ordering::SeqCst);
         let mut agent = command.spawn();
-        if random.below(4) == 0 {
-            thread::sleep(Duration::from_millis(random.below(MAX_START.as_millis() as u64)));
+        if below(&mut random, 4) == 0 {
+            thread::sleep(Duration::from_millis(below(&mut random, MAX_START.as_millis() as u64)));
         } else {
             agent.wait_until_sampling();
             let min = if kill % 2 == 0 { MIN_LIFE_DOWN } else { Duration::ZERO };
             let spread = (MAX_LIFE - min).as_millis() as u64;
-            thread::sleep(min + Duration::from_millis(random.below(spread)));
+            thread::sleep(min + Duration::from_millis(below(&mut random, spread)));
         }
         let exit = agent.stop_with(libc::SIGKILL, Duration::from_secs(10));
         assert_eq!(
@@ -150,12 +140,12 @@ fn sigkill_at_random_points_never_corrupts_loses_or_reorders_the_spool() {
             }
             // Now and then a window not yet delivered is damaged on disk:
             // cut short, or one byte of its profile flipped.
-            if !delivered.contains_key(&window.start_nanos) && random.below(12) == 0 {
+            if !delivered.contains_key(&window.start_nanos) && below(&mut random, 12) == 0 {
                 let mut bytes = std::fs::read(&window.path).expect("read a spool file");
-                if random.below(2) == 0 {
+                if below(&mut random, 2) == 0 {
                     bytes.truncate(bytes.len() / 2);
                 } else {
-                    let at = 60 + random.below(bytes.len() as u64 - 64) as usize;
+                    let at = 60 + below(&mut random, bytes.len() as u64 - 64) as usize;
                     bytes[at] ^= 0x5a;
                 }
                 std::fs::write(&window.path, bytes).expect("damage a spool file");

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::agent_run::{assert_no_sample_lost, AgentCommand, AgentExit, MetricsPage, RunningAgent};
 use crate::common::receivers::{Ingest, Receiver};
+use crate::common::unwind::XorShift;
 use crate::common::{
     build_cached, clang, path_arg, run_taskprof, scratch_dir, ChildGuard, Fixture, FixtureProgram, ProfileView, Stack,
     FIXTURE_CFLAGS, RUN_TIMEOUT,
@@ -285,13 +286,8 @@ fn executables_with_a_huge_or_truncated_eh_frame_cost_bounded_memory() {
 #[test]
 fn executables_whose_section_headers_lie_cannot_hurt_the_agent() {
     let dir = scratch_dir();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut generator = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut random = move || generator.next();
     // The kernel runs an executable from its program headers alone, so
     // each of these still runs.
     let variants: Vec<(&str, PathBuf)> = vec![

@@ -554,10 +554,11 @@ impl DebianWorkload {
 }
 
 /// A 64-bit xorshift generator: deterministic test data without a crate.
-struct XorShift(u64);
+/// The seed must not be zero.
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
