@@ -309,7 +309,17 @@ impl WindowProcessor {
             let process_name = &samples[0].process_name;
             let mut labels = self.labels_of(session, verdicts, *key, process_name);
             let executable = self.executable(*key);
-            let attributes = otel_attributes(&labels, key.tgid, process_name, executable.as_deref());
+            let mut attribute_labels = labels.clone();
+            // The pod's UID is in its cgroup path; it is no series label
+            // (the pod name already tells pods apart), but OTel names it.
+            let pod_uid = match (labels.iter().any(|(name, _)| name == "pod"), &mut self.containers) {
+                (true, Some(labeler)) => labeler.container(*key).pod_uid.clone(),
+                _ => None,
+            };
+            if let Some(uid) = pod_uid {
+                attribute_labels.push(("pod_uid".to_string(), uid));
+            }
+            let attributes = otel_attributes(&attribute_labels, key.tgid, process_name, executable.as_deref());
             if !labels.iter().any(|(name, _)| name == "pid") {
                 // For logs and the file protocol; OTLP sends `process.pid`.
                 labels.push(("pid".to_string(), key.tgid.to_string()));

@@ -5,12 +5,11 @@
 //! came from. `--series-per-process` opts back into one series per pid.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::agent_run::{assert_no_sample_lost, wait_until, AgentCommand, AgentExit, TEST_NODE};
-use crate::common::fake_kube::{pod, FakeApi};
+use crate::common::fake_kube::{place_in_container, pod, FakeApi};
 use crate::common::receivers::{Ingest, Receiver};
 use crate::common::{scratch_dir, Fixture, FixtureProgram, ProfileView};
 
@@ -204,17 +203,6 @@ const DEPLOYMENT_PODS: [(&str, &str, &str); 2] = [
         "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2",
     ),
 ];
-
-/// Puts `pid` in the container `container_id` of pod `uid`, as a kubelet's
-/// cgroup (systemd driver, containerd) would, under a proc-like `root`.
-fn place_in_container(root: &Path, pid: u32, uid: &str, container_id: &str) {
-    let uid = uid.replace('-', "_");
-    let line = format!(
-        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{container_id}.scope\n"
-    );
-    std::fs::create_dir_all(root.join(pid.to_string())).expect("create a fake proc directory");
-    std::fs::write(root.join(pid.to_string()).join("cgroup"), line).expect("write a fake cgroup file");
-}
 
 /// Two pods of one Deployment, three processes each (two executables):
 /// one series per pod, whose samples hold that pod's processes.

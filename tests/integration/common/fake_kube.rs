@@ -268,6 +268,18 @@ pub fn pod(name: &str, uid: &str, version: &str, containers: &[(&str, &str)], la
     })
 }
 
+/// Puts `pid` in container `container_id` of pod `uid`, as a kubelet's
+/// cgroup (systemd driver, containerd) would, under a proc-like `root`
+/// (the agent's `--cgroup-proc-root`).
+pub fn place_in_container(root: &std::path::Path, pid: u32, uid: &str, container_id: &str) {
+    let uid = uid.replace('-', "_");
+    let line = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{container_id}.scope\n"
+    );
+    std::fs::create_dir_all(root.join(pid.to_string())).expect("create a fake proc directory");
+    std::fs::write(root.join(pid.to_string()).join("cgroup"), line).expect("write a fake cgroup file");
+}
+
 pub fn event(kind: &str, object: Value) -> Vec<u8> {
     let mut line = json!({"type": kind, "object": object}).to_string().into_bytes();
     line.push(b'\n');
