@@ -53,6 +53,9 @@ const CONFIGMAP: &str = "deploy/kubernetes/base/configmap.yaml";
 /// The agent settings the Parca variant puts in their place.
 const PARCA_CONFIGMAP: &str = "deploy/kubernetes/parca/configmap-parca.yaml";
 
+/// The agent settings the OTLP variant puts in their place.
+pub(crate) const OTLP_CONFIGMAP: &str = "deploy/kubernetes/otlp/configmap-otlp.yaml";
+
 /// The unprivileged uid the private workload runs as (`nobody`).
 const OTHER_UID: u32 = 65534;
 
@@ -729,7 +732,7 @@ fn the_daemonset_grants_exactly_the_tested_capabilities_and_nothing_else() {
 }
 
 /// `agent.yaml` of a ConfigMap manifest.
-fn agent_settings(manifest: &str) -> String {
+pub(crate) fn agent_settings(manifest: &str) -> String {
     read_yaml(manifest)["data"]["agent.yaml"]
         .as_str()
         .unwrap_or_else(|| panic!("{manifest} has no data.agent.yaml"))
@@ -782,8 +785,8 @@ fn the_shipped_agent_settings_start_the_agent_and_reach_their_backend() {
     assert_settings_deliver(CONFIGMAP, Api::Pyroscope);
     assert_settings_deliver(PARCA_CONFIGMAP, Api::Parca);
 
-    // The Parca variant replaces agent.yaml whole; apart from where it
-    // uploads, it must say what the default says.
+    // The Parca and OTLP variants replace agent.yaml whole; apart from
+    // where and how they upload, they must say what the default says.
     let without_upload = |manifest: &str| {
         let mut settings: Value = serde_yaml::from_str(&agent_settings(manifest)).expect("agent.yaml is YAML");
         let map = settings.as_mapping_mut().expect("agent.yaml is a mapping");
@@ -791,11 +794,14 @@ fn the_shipped_agent_settings_start_the_agent_and_reach_their_backend() {
             let url = map.remove(key).unwrap_or_else(|| panic!("{manifest} sets no {key}"));
             assert!(url.as_str().is_some_and(|u| !u.is_empty()), "{key} of {manifest}");
         }
+        map.remove("upload_compression");
         settings
     };
-    assert_eq!(
-        without_upload(PARCA_CONFIGMAP),
-        without_upload(CONFIGMAP),
-        "{PARCA_CONFIGMAP} has drifted from {CONFIGMAP}"
-    );
+    for variant in [PARCA_CONFIGMAP, OTLP_CONFIGMAP] {
+        assert_eq!(
+            without_upload(variant),
+            without_upload(CONFIGMAP),
+            "{variant} has drifted from {CONFIGMAP}"
+        );
+    }
 }

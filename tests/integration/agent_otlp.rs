@@ -413,6 +413,54 @@ fn an_otlp_outage_spools_and_replays_in_order() {
     assert_exact_accounting(&exit, &windows, 0);
 }
 
+/// The OTLP variant's `agent.yaml` starts the agent, which reaches an OTLP
+/// receiver with the resource attributes it configures.
+#[test]
+fn the_shipped_otlp_settings_reach_an_otlp_receiver() {
+    let manifest = crate::agent_capabilities::OTLP_CONFIGMAP;
+    let text = crate::agent_capabilities::agent_settings(manifest);
+    let dir = scratch_dir();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, &text).expect("write agent.yaml");
+    let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
+    let receiver = OtlpReceiver::start(Transport::Http, Vec::new());
+    let mut agent = AgentCommand::bare()
+        .args(["--config", path_arg(&config)])
+        // The manifest's own Collector, spool and port are the cluster's;
+        // the window is shortened to keep the test quick.
+        .args(["--upload-url", &receiver.url()])
+        .args(["--spool-dir", path_arg(&dir.path().join("spool"))])
+        .args(["--metrics-address", "127.0.0.1:0", "--window", "1s"])
+        .pid(fixture.pid())
+        .spawn();
+    agent.wait_until_sampling();
+    wait_until(
+        "an OTLP request",
+        WINDOWS_TIMEOUT,
+        || !receiver.accepted().is_empty(),
+        || format!("{:?}", receiver.requests()),
+    );
+    agent.terminate(EXIT_TIMEOUT).assert_success();
+    receiver.assert_all_valid();
+    let settings: serde_yaml::Value = serde_yaml::from_str(&text).expect("agent.yaml is YAML");
+    let resource = &resolve(&receiver.accepted()[0])[0];
+    for (name, value) in settings["labels"].as_mapping().expect("agent.yaml sets labels") {
+        let (name, value) = (name.as_str().expect("a name"), value.as_str().expect("a value"));
+        assert_eq!(
+            resource.attributes.get(name).map(String::as_str),
+            Some(value),
+            "{name} of {manifest}"
+        );
+    }
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("content-encoding").map(String::as_str) == Some("gzip")),
+        "{manifest} asks for gzip"
+    );
+}
+
 /// A process in a pod's container: its resource names the pod, the
 /// container, the node and the workload as OTel's Kubernetes conventions do.
 #[test]
