@@ -8,6 +8,7 @@
 //! specification says.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::agent_run::{wait_until, AgentCommand, AgentExit, RunningAgent, TEST_NODE};
@@ -180,13 +181,63 @@ fn otlp_http_receives_each_window_once_with_the_fixture_chain() {
     }
 }
 
+/// Uncompressed requests, which the official Python classes (PyPI
+/// `opentelemetry-proto`, a decoder independent of the Rust crate) read
+/// alike: same resources, same counts, the fixture's chain.
 #[test]
-fn otlp_http_without_compression_sends_plain_protobuf() {
+fn otlp_http_without_compression_reads_alike_in_the_reference_python_classes() {
     let (receiver, _fixture, _exit) = delivered_windows(Transport::Http, &["--upload-compression", "none"]);
     assert!(receiver
         .requests()
         .iter()
         .all(|r| !r.headers.contains_key("content-encoding")));
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/otlp-venv/bin/python3");
+    assert!(
+        python.exists(),
+        "`{}` is missing: run scripts/install-deps.sh --test, which installs PyPI's opentelemetry-proto there",
+        python.display()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/integration/otlp_decode.py");
+    let dir = scratch_dir();
+    for (index, request) in receiver.requests().iter().enumerate() {
+        let file = dir.path().join(format!("{index}.pb"));
+        std::fs::write(&file, &request.body).expect("write the captured request");
+        let output = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&file)
+            .output()
+            .expect("run the Python decoder");
+        assert!(
+            output.status.success(),
+            "the Python decoder failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let decoded: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON from the decoder");
+        assert_eq!(decoded["problems"], serde_json::json!([]), "request {index}");
+        let ours = resolve(request.request.as_ref().expect("decoded"));
+        let theirs = decoded["resources"].as_array().expect("resources");
+        assert_eq!(theirs.len(), ours.len(), "request {index}");
+        for (python_resource, rust_resource) in theirs.iter().zip(&ours) {
+            let attributes: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(python_resource["attributes"].clone()).expect("attributes");
+            assert_eq!(attributes, rust_resource.attributes);
+            let samples = python_resource["samples"].as_array().expect("samples");
+            let chains: Vec<(i64, Vec<String>)> = samples
+                .iter()
+                .map(|s| {
+                    let functions = serde_json::from_value(s["functions"].clone()).expect("functions");
+                    (s["count"].as_i64().expect("count"), functions)
+                })
+                .collect();
+            let expected: Vec<(i64, Vec<String>)> = rust_resource
+                .samples
+                .iter()
+                .map(|s| (s.count, s.functions.clone()))
+                .collect();
+            assert_eq!(chains, expected, "request {index}");
+            assert!(chains.iter().any(|(_, f)| contains_in_order(f, &CHAIN)));
+        }
+    }
 }
 
 #[test]

@@ -76,6 +76,9 @@ pub struct OtlpRequest {
     pub headers: BTreeMap<String, String>,
     /// The decoded request; `None` if it could not be decoded.
     pub request: Option<ExportProfilesServiceRequest>,
+    /// OTLP/HTTP: the request body as sent, uncompressed (empty for gRPC,
+    /// which tonic decodes itself).
+    pub body: Vec<u8>,
     /// Why it broke the protocol, when it did.
     pub invalid: Option<String>,
     /// Whether the receiver answered with success.
@@ -200,6 +203,7 @@ impl Drop for OtlpReceiver {
 fn record(
     shared: &Shared,
     headers: BTreeMap<String, String>,
+    body: Vec<u8>,
     decoded: Result<ExportProfilesServiceRequest, String>,
 ) -> Result<OtlpReply, String> {
     let (request, invalid) = match decoded {
@@ -219,6 +223,7 @@ fn record(
         at: Instant::now(),
         headers,
         request,
+        body,
         invalid,
         accepted: reply.as_ref().is_ok_and(OtlpReply::accepted),
     });
@@ -258,6 +263,7 @@ async fn http_export(
             )
         })
         .collect();
+    let mut plain = Vec::new();
     let decoded = (|| {
         if method != Method::POST || uri.path() != "/v1development/profiles" {
             return Err(format!("{method} {uri} is not POST /v1development/profiles"));
@@ -268,7 +274,7 @@ async fn http_export(
                 lower.get("content-type")
             ));
         }
-        let plain = match lower.get("content-encoding").map(String::as_str) {
+        plain = match lower.get("content-encoding").map(String::as_str) {
             Some("gzip") => {
                 let mut out = Vec::new();
                 flate2::read::GzDecoder::new(&body[..])
@@ -282,7 +288,7 @@ async fn http_export(
         ExportProfilesServiceRequest::decode(plain.as_slice()).map_err(|err| format!("undecodable request: {err}"))
     })();
     let protobuf = [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")];
-    match record(&shared, lower, decoded) {
+    match record(&shared, lower, plain, decoded) {
         Err(reason) => (StatusCode::BAD_REQUEST, protobuf, rpc_status(3, &reason)).into_response(),
         Ok(OtlpReply::Accept) => (
             StatusCode::OK,
@@ -337,7 +343,7 @@ impl ProfilesService for GrpcExport {
                 )
             })
             .collect();
-        match record(&self.shared, headers, Ok(request.into_inner())) {
+        match record(&self.shared, headers, Vec::new(), Ok(request.into_inner())) {
             Err(reason) => Err(tonic::Status::invalid_argument(reason)),
             Ok(OtlpReply::Accept) => Ok(tonic::Response::new(ExportProfilesServiceResponse::default())),
             Ok(OtlpReply::Partial { rejected, message }) => Ok(tonic::Response::new(partial(rejected, &message))),
