@@ -54,24 +54,13 @@ pub fn export_request<'a>(resources: impl IntoIterator<Item = &'a [u8]>, diction
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, UNIX_EPOCH};
-
     use prost::Message as _;
 
     use super::proto::collector::profiles::v1development::ExportProfilesServiceRequest;
     use super::proto::common::v1::any_value::Value;
     use super::*;
-    use crate::pprof::{ProfileMeta, SampleLabels};
+    use crate::pprof::tests::meta;
     use crate::symbolize::samples::Sample;
-
-    fn meta() -> ProfileMeta {
-        ProfileMeta {
-            frequency_hz: 100,
-            start: UNIX_EPOCH + Duration::from_secs(5),
-            duration: Duration::from_secs(2),
-            sample_labels: SampleLabels::All,
-        }
-    }
 
     fn text(value: &str) -> AttributeValue {
         AttributeValue::Text(value.to_string())

@@ -99,7 +99,8 @@ pub(crate) mod tests {
         ]
     }
 
-    fn meta() -> ProfileMeta {
+    /// 100 Hz, a 2 s window starting 5 s after the epoch.
+    pub(crate) fn meta() -> ProfileMeta {
         ProfileMeta {
             frequency_hz: 100,
             start: UNIX_EPOCH + Duration::from_secs(5),

@@ -6,7 +6,11 @@
 //! accepted with a partial success is not (the rejected part would be
 //! rejected again), and only the failures it names as transient are.
 
-use super::{truncate_message, Batch, SeriesProfile};
+use std::future::Future;
+
+use tracing::Instrument as _;
+
+use super::{truncate_message, Batch, SendFuture, SeriesProfile, UploadError};
 use crate::agent::metrics::Metrics;
 use crate::otlp::export_request;
 use crate::otlp::proto::collector::profiles::v1development::ExportProfilesServiceResponse;
@@ -15,6 +19,27 @@ use crate::otlp::proto::collector::profiles::v1development::ExportProfilesServic
 /// window `window`, with its dictionary.
 pub(crate) fn request_body(profiles: &[SeriesProfile], window: &Batch) -> Vec<u8> {
     export_request(profiles.iter().map(|p| p.payload.as_slice()), &window.shared)
+}
+
+/// Runs `send`, the one request that carries `profiles` of `window`, in an
+/// `upload` span, and gives its outcome to each of them: an OTLP request
+/// succeeds or fails whole.
+pub(crate) fn send_as_one<'a>(
+    protocol: &'static str,
+    profiles: &'a [SeriesProfile],
+    window: &'a Batch,
+    send: impl Future<Output = Result<(), UploadError>> + Send + 'a,
+) -> SendFuture<'a> {
+    Box::pin(async move {
+        let span = tracing::info_span!(
+            "upload",
+            protocol,
+            sequence = window.sequence,
+            profiles = profiles.len()
+        );
+        let result = send.instrument(span).await;
+        vec![result; profiles.len()]
+    })
 }
 
 /// Logs and counts what a successful answer's `partial_success` says the

@@ -16,10 +16,9 @@ use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
-use tracing::Instrument as _;
 
 use super::client::{default_headers, USER_AGENT};
-use super::otlp::{note_partial_success, request_body, RpcStatus};
+use super::otlp::{note_partial_success, request_body, send_as_one, RpcStatus};
 use super::{
     truncate_message, Batch, Compression, SendFuture, SeriesProfile, SetupError, UploadConfig, UploadError, Uploader,
 };
@@ -82,44 +81,33 @@ impl OtlpGrpcUploader {
 
 impl Uploader for OtlpGrpcUploader {
     fn send<'a>(&'a self, profiles: &'a [SeriesProfile], window: &'a Batch) -> SendFuture<'a> {
-        Box::pin(async move {
-            let span = tracing::info_span!(
-                "upload",
-                protocol = "otlp-grpc",
-                sequence = window.sequence,
-                profiles = profiles.len()
-            );
-            let result = async {
-                let body = request_body(profiles, window);
-                let message = ExportProfilesServiceRequest::decode(body.as_slice()).map_err(|err| {
-                    // The parts were encoded by this agent (or read back from
-                    // its checksummed spool), so this means a bug.
-                    UploadError::Rejected {
-                        status: 0,
-                        message: format!("failed to assemble the OTLP request: {err}"),
-                    }
-                })?;
-                let mut request = tonic::Request::new(message);
-                *request.metadata_mut() = self.metadata.clone();
-                let started = std::time::Instant::now();
-                let outcome = self.client.clone().export(request).await;
-                self.metrics.upload_duration.observe(started.elapsed().as_secs_f64());
-                match outcome {
-                    Ok(response) => {
-                        tracing::debug!(target = %self.target, "upload accepted");
-                        note_partial_success(response.get_ref(), profiles.len(), &self.metrics);
-                        Ok(())
-                    }
-                    Err(status) => {
-                        let err = classify(&status);
-                        tracing::debug!(target = %self.target, error = %err, "upload failed");
-                        Err(err)
-                    }
+        send_as_one("otlp-grpc", profiles, window, async move {
+            let body = request_body(profiles, window);
+            let message = ExportProfilesServiceRequest::decode(body.as_slice()).map_err(|err| {
+                // The parts were encoded by this agent (or read back from
+                // its checksummed spool), so this means a bug.
+                UploadError::Rejected {
+                    status: 0,
+                    message: format!("failed to assemble the OTLP request: {err}"),
+                }
+            })?;
+            let mut request = tonic::Request::new(message);
+            *request.metadata_mut() = self.metadata.clone();
+            let started = std::time::Instant::now();
+            let outcome = self.client.clone().export(request).await;
+            self.metrics.upload_duration.observe(started.elapsed().as_secs_f64());
+            match outcome {
+                Ok(response) => {
+                    tracing::debug!(target = %self.target, "upload accepted");
+                    note_partial_success(response.get_ref(), profiles.len(), &self.metrics);
+                    Ok(())
+                }
+                Err(status) => {
+                    let err = classify(&status);
+                    tracing::debug!(target = %self.target, error = %err, "upload failed");
+                    Err(err)
                 }
             }
-            .instrument(span)
-            .await;
-            vec![result; profiles.len()]
         })
     }
 

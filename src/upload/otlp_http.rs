@@ -9,11 +9,10 @@
 //! 500 included, is final; its `google.rpc.Status` body is logged.
 
 use prost::Message as _;
-use tracing::Instrument as _;
 use url::Url;
 
 use super::client::{http_client, join_endpoint, parse_retry_after, post_with, Answer, Request};
-use super::otlp::{note_partial_success, request_body, RpcStatus};
+use super::otlp::{note_partial_success, request_body, send_as_one, RpcStatus};
 use super::{
     truncate_message, Batch, Compression, SendFuture, SeriesProfile, SetupError, UploadConfig, UploadError, Uploader,
 };
@@ -43,40 +42,29 @@ impl OtlpHttpUploader {
 
 impl Uploader for OtlpHttpUploader {
     fn send<'a>(&'a self, profiles: &'a [SeriesProfile], window: &'a Batch) -> SendFuture<'a> {
-        Box::pin(async move {
-            let span = tracing::info_span!(
-                "upload",
-                protocol = "otlp",
-                sequence = window.sequence,
-                profiles = profiles.len()
-            );
-            let result = async {
-                let body = request_body(profiles, window);
-                let request = match self.compression {
-                    Compression::Gzip => Request {
-                        content_type: "application/x-protobuf",
-                        content_encoding: Some("gzip"),
-                        body: crate::util::gzip(&body).map_err(|err| UploadError::Rejected {
-                            status: 0,
-                            message: format!("failed to gzip the request: {err}"),
-                        })?,
-                    },
-                    Compression::None => Request {
-                        content_type: "application/x-protobuf",
-                        content_encoding: None,
-                        body,
-                    },
-                };
-                let response = post_with(&self.client, self.endpoint.clone(), request, &self.metrics, |answer| {
-                    classify(answer, std::time::SystemTime::now())
-                })
-                .await?;
-                note_partial_success(&response, profiles.len(), &self.metrics);
-                Ok(())
-            }
-            .instrument(span)
-            .await;
-            vec![result; profiles.len()]
+        send_as_one("otlp", profiles, window, async move {
+            let body = request_body(profiles, window);
+            let request = match self.compression {
+                Compression::Gzip => Request {
+                    content_type: "application/x-protobuf",
+                    content_encoding: Some("gzip"),
+                    body: crate::util::gzip(&body).map_err(|err| UploadError::Rejected {
+                        status: 0,
+                        message: format!("failed to gzip the request: {err}"),
+                    })?,
+                },
+                Compression::None => Request {
+                    content_type: "application/x-protobuf",
+                    content_encoding: None,
+                    body,
+                },
+            };
+            let response = post_with(&self.client, self.endpoint.clone(), request, &self.metrics, |answer| {
+                classify(answer, std::time::SystemTime::now())
+            })
+            .await?;
+            note_partial_success(&response, profiles.len(), &self.metrics);
+            Ok(())
         })
     }
 

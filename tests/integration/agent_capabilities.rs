@@ -745,24 +745,35 @@ fn read_yaml(relative: &str) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("`{}` is not YAML: {err}", path.display()))
 }
 
-/// Runs the agent with `manifest`'s settings, pointed at a local receiver
-/// and spool but otherwise as configured, and checks what arrives.
-fn assert_settings_deliver(manifest: &str, api: Api) {
-    let dir = scratch_dir();
-    let config = dir.path().join("agent.yaml");
+/// Starts an agent on `fixture` with `manifest`'s `agent.yaml`, pointed at
+/// `url` and a spool and metrics port of its own (the manifest's are the
+/// cluster's), with 1 s windows to keep tests quick; returns once it samples.
+pub(crate) fn start_with_shipped_settings(
+    manifest: &str,
+    url: &str,
+    fixture: &Fixture,
+    dir: &Path,
+) -> crate::common::agent_run::RunningAgent {
+    let config = dir.join("agent.yaml");
     fs::write(&config, agent_settings(manifest)).expect("write agent.yaml");
-    let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
-    let receiver = Receiver::accepting();
     let mut agent = AgentCommand::bare()
         .args(["--config", path_arg(&config)])
-        // The manifest's own backend, spool and port are the cluster's;
-        // the window is shortened to keep the test quick.
-        .args(["--upload-url", &receiver.url()])
-        .args(["--spool-dir", path_arg(&dir.path().join("spool"))])
+        .args(["--upload-url", url])
+        .args(["--spool-dir", path_arg(&dir.join("spool"))])
         .args(["--metrics-address", "127.0.0.1:0", "--window", "1s"])
         .pid(fixture.pid())
         .spawn();
     agent.wait_until_sampling();
+    agent
+}
+
+/// Runs the agent with `manifest`'s settings, pointed at a local receiver
+/// and spool but otherwise as configured, and checks what arrives.
+fn assert_settings_deliver(manifest: &str, api: Api) {
+    let dir = scratch_dir();
+    let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
+    let receiver = Receiver::accepting();
+    let agent = start_with_shipped_settings(manifest, &receiver.url(), &fixture, dir.path());
     let ingests = receiver.wait_for_ingests("a profile", Duration::from_secs(30), |i| !i.is_empty());
     agent.terminate(EXIT_TIMEOUT).assert_success();
     receiver.assert_all_valid();

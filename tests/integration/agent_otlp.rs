@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::agent_run::{wait_until, AgentCommand, AgentExit, RunningAgent, TEST_NODE};
-use crate::common::fake_kube::{place_in_container, pod, FakeApi};
+use crate::common::fake_kube::{place_in_container, storefront_pod, FakeApi};
 use crate::common::otlp::{contains_in_order, gap, resolve, OtlpReceiver, OtlpReply, ResolvedResource, Transport};
 use crate::common::receivers::free_port;
 use crate::common::{path_arg, scratch_dir, Fixture, FixtureProgram};
@@ -471,20 +471,9 @@ fn the_shipped_otlp_settings_reach_an_otlp_receiver() {
     let manifest = crate::agent_capabilities::OTLP_CONFIGMAP;
     let text = crate::agent_capabilities::agent_settings(manifest);
     let dir = scratch_dir();
-    let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, &text).expect("write agent.yaml");
     let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
     let receiver = OtlpReceiver::start(Transport::Http, Vec::new());
-    let mut agent = AgentCommand::bare()
-        .args(["--config", path_arg(&config)])
-        // The manifest's own Collector, spool and port are the cluster's;
-        // the window is shortened to keep the test quick.
-        .args(["--upload-url", &receiver.url()])
-        .args(["--spool-dir", path_arg(&dir.path().join("spool"))])
-        .args(["--metrics-address", "127.0.0.1:0", "--window", "1s"])
-        .pid(fixture.pid())
-        .spawn();
-    agent.wait_until_sampling();
+    let agent = crate::agent_capabilities::start_with_shipped_settings(manifest, &receiver.url(), &fixture, dir.path());
     wait_until(
         "an OTLP request",
         WINDOWS_TIMEOUT,
@@ -518,22 +507,8 @@ fn the_shipped_otlp_settings_reach_an_otlp_receiver() {
 fn otlp_resources_carry_the_kubernetes_attributes() {
     const UID: &str = "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
     const CONTAINER: &str = "9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c";
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime for the fake API server");
-    let api = runtime.block_on(FakeApi::start());
-    let mut web = pod(
-        "web-5c7f9b8d6-abcde",
-        UID,
-        "100",
-        &[(CONTAINER, "app")],
-        serde_json::json!({"app.kubernetes.io/name": "storefront"}),
-    );
-    web["spec"]["nodeName"] = serde_json::json!(TEST_NODE);
-    web["metadata"]["ownerReferences"][0]["name"] = serde_json::json!("web-5c7f9b8d6");
-    api.set_list("100", vec![web]);
+    let (_runtime, api) = FakeApi::start_on_own_runtime();
+    api.set_list("100", vec![storefront_pod("web-5c7f9b8d6-abcde", UID, CONTAINER)]);
 
     let fixture = Fixture::spawn(FixtureProgram::Chain, 60.0);
     let dir = scratch_dir();

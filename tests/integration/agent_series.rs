@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::agent_run::{assert_no_sample_lost, wait_until, AgentCommand, AgentExit, TEST_NODE};
-use crate::common::fake_kube::{place_in_container, pod, FakeApi};
+use crate::common::fake_kube::{place_in_container, storefront_pod, FakeApi};
 use crate::common::receivers::{Ingest, Receiver};
 use crate::common::{scratch_dir, Fixture, FixtureProgram, ProfileView};
 
@@ -208,26 +208,10 @@ const DEPLOYMENT_PODS: [(&str, &str, &str); 2] = [
 /// one series per pod, whose samples hold that pod's processes.
 #[test]
 fn each_pod_of_a_deployment_is_one_series_whatever_its_processes() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime for the fake API server");
-    let api = runtime.block_on(FakeApi::start());
+    let (_runtime, api) = FakeApi::start_on_own_runtime();
     let pods: Vec<serde_json::Value> = DEPLOYMENT_PODS
         .iter()
-        .map(|(name, uid, container_id)| {
-            let mut pod = pod(
-                name,
-                uid,
-                "100",
-                &[(container_id, "app")],
-                serde_json::json!({"app.kubernetes.io/name": "storefront"}),
-            );
-            pod["spec"]["nodeName"] = serde_json::json!(TEST_NODE);
-            pod["metadata"]["ownerReferences"][0]["name"] = serde_json::json!("web-5c7f9b8d6");
-            pod
-        })
+        .map(|(name, uid, container_id)| storefront_pod(name, uid, container_id))
         .collect();
     api.set_list("100", pods);
 
