@@ -259,6 +259,53 @@ mod tests {
     }
 
     #[test]
+    fn python_frames_are_cpython_and_truncation_frames_stay() {
+        let mut samples = crate::pprof::tests::fixture();
+        samples[0].frames[1].python = true;
+        samples[0].frames.push(crate::symbolize::samples::Frame {
+            address: 0,
+            mapping: None,
+            lines: crate::symbolize::synthetic_lines("[unwind stopped: depth limit]"),
+            kernel: false,
+            python: false,
+        });
+        let inputs = [ResourceInput {
+            attributes: Vec::new(),
+            samples: &samples[..1],
+        }];
+        let decoded = request(&build_window(&inputs, &meta()));
+        assert_eq!(check_request(&decoded), Vec::<String>::new());
+        let dict = decoded.dictionary.as_ref().expect("dictionary");
+        let s = |i: i32| dict.string_table[i as usize].as_str();
+        let sample = &decoded.resource_profiles[0].scope_profiles[0].profiles[0].samples[0];
+        let frames: Vec<(&str, &str)> = dict.stack_table[sample.stack_index as usize]
+            .location_indices
+            .iter()
+            .map(|&l| {
+                let location = &dict.location_table[l as usize];
+                let name = s(dict.function_table[location.lines[0].function_index as usize].name_strindex);
+                let kind = match dict.attribute_table[location.attribute_indices[0] as usize]
+                    .value
+                    .as_ref()
+                    .and_then(|v| v.value.as_ref())
+                {
+                    Some(Value::StringValue(kind)) => kind.as_str(),
+                    _ => "",
+                };
+                (name, kind)
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                ("inlined_leaf", "native"),
+                ("main", "cpython"),
+                ("[unwind stopped: depth limit]", "native")
+            ]
+        );
+    }
+
+    #[test]
     fn the_checker_finds_broken_indices() {
         let mut decoded = request(&two_processes(&crate::pprof::tests::fixture()));
         let dict = decoded.dictionary.as_mut().expect("dictionary");
