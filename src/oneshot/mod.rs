@@ -131,12 +131,13 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         OutputFormat::FlameGraph => format!("open it in a browser: {}", path.display()),
     };
     format!(
-        "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
+        "taskprof: {} samples from {} processes in {:.1}s{}; idle {}; lost {} (counts map full {}, other {}); \
          stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
         if summary.interrupted { " (interrupted)" } else { "" },
+        s.idle,
         s.lost(),
         s.lost_counts_full,
         s.lost_other,
