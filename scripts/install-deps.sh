@@ -6,10 +6,12 @@
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
 #                                    the unwinding tests' compilers, perf and workloads,
 #                                    and PyPI's opentelemetry-proto in target/otlp-venv)
+#   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
+#                                    for benches/peers.sh
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     # golang-go: `go tool pprof` reads the profiles.
     # g++ (and libstdc++, which clang++ uses too), binutils (objdump): build
     #   and check the fixtures without frame pointers (tests/integration/profile_unwind.rs).
@@ -23,6 +25,11 @@ if [[ "${1:-}" == "--test" ]]; then
     # python3-dev: the headers of /usr/bin/python3, against which
     #   tests/integration/python_offsets.rs checks the CPython offset table.
     packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+    # benches/peers.sh: bpftrace is the other BPF profiler it compares
+    # with; bc does its arithmetic; time (GNU) measures peak RSS.
+    packages+=(bpftrace bc time)
 fi
 
 missing=()

@@ -126,6 +126,11 @@ pub struct ProfileArgs {
     /// leave their stacks native (`off`).
     #[arg(long, value_enum, default_value = "on")]
     pub python: SwitchArg,
+
+    /// Keep the samples of idle CPUs (the idle task, pid 0, shown as
+    /// `swapper`), as perf does. By default they are counted but left out.
+    #[arg(long)]
+    pub include_idle: bool,
 }
 
 /// A feature turned on or off.
@@ -187,6 +192,10 @@ pub struct AgentArgs {
     /// See [`settings::PYTHON`].
     #[arg(long = settings::PYTHON.flag, value_name = "SWITCH", value_parser = parse_switch, help = settings::PYTHON.help_text())]
     pub python: Option<SwitchArg>,
+
+    /// See [`settings::INCLUDE_IDLE`].
+    #[arg(long = settings::INCLUDE_IDLE.flag, help = settings::INCLUDE_IDLE.help_text())]
+    pub include_idle: bool,
 
     /// Kubernetes metadata and filters.
     #[command(flatten)]

@@ -68,6 +68,8 @@ pub struct AgentSampling {
     pub unwind_table_memory: Option<u64>,
     /// Walk and name Python frames.
     pub python: bool,
+    /// Keep the idle task's samples in the profiles.
+    pub include_idle: bool,
 }
 
 /// Upload, spool and shutdown settings.
@@ -210,6 +212,7 @@ impl AgentConfig {
             verifier_log: sampling.verifier_log,
             unwind_table_memory: sampling.unwind_table_memory,
             python: sampling.python,
+            include_idle: sampling.include_idle,
         }
     }
 
@@ -229,6 +232,7 @@ impl AgentConfig {
             unwind,
             unwind_table_memory,
             python,
+            include_idle,
             kubernetes: kube,
             upload: up,
             delivery,
@@ -342,6 +346,14 @@ impl AgentConfig {
         )?;
         let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
         let python = sources.pick_or_default(PYTHON, python, file.python, cli::parse_switch)? == cli::SwitchArg::On;
+        let include_idle = sources
+            .pick(
+                INCLUDE_IDLE,
+                include_idle.then_some(true),
+                file.include_idle,
+                cli::parse_bool,
+            )?
+            .is_some_and(|s| s.value);
 
         Ok(AgentConfig {
             sampling: AgentSampling {
@@ -352,6 +364,7 @@ impl AgentConfig {
                 debug_info,
                 unwind_table_memory,
                 python,
+                include_idle,
             },
             delivery: DeliveryConfig {
                 upload,
@@ -1124,6 +1137,7 @@ struct FileSettings {
     unwind: Option<Scalar>,
     unwind_table_memory: Option<Scalar>,
     python: Option<Scalar>,
+    include_idle: Option<Scalar>,
     kubernetes: Option<Scalar>,
     kubernetes_api_url: Option<Scalar>,
     kubernetes_token_file: Option<Scalar>,
@@ -1210,6 +1224,22 @@ mod tests {
         assert!(load(&from_file, &[]).unwrap().identity.series_per_process);
         let err = load_err(&URL, &[("TASKPROF_SERIES_PER_PROCESS", "maybe")]);
         assert!(err.contains("TASKPROF_SERIES_PER_PROCESS"), "{err}");
+    }
+
+    #[test]
+    fn include_idle_comes_from_the_flag_the_variable_or_the_file() {
+        let config = load(&URL, &[]).unwrap();
+        assert!(!config.sampling.include_idle);
+        assert!(!config.session_settings().include_idle);
+        let flag = [&URL[..], &["--include-idle"]].concat();
+        assert!(load(&flag, &[]).unwrap().session_settings().include_idle);
+        let env = [("TASKPROF_INCLUDE_IDLE", "true")];
+        assert!(load(&URL, &env).unwrap().sampling.include_idle);
+        let (_file, path) = yaml("include_idle: true\n");
+        let from_file = [&URL[..], &["--config", &path]].concat();
+        assert!(load(&from_file, &[]).unwrap().sampling.include_idle);
+        let err = load_err(&URL, &[("TASKPROF_INCLUDE_IDLE", "maybe")]);
+        assert!(err.contains("TASKPROF_INCLUDE_IDLE"), "{err}");
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         tracing::info!(
             samples = window.stats.samples,
             in_profiles = report.samples,
+            idle = window.stats.idle,
             lost = window.stats.lost(),
             filtered = report.filtered,
             profiles = batch.profiles.len(),
@@ -190,6 +191,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let _ = runtime.block_on(worker);
     tracing::info!(
         samples = totals.samples,
+        idle = totals.idle,
         lost = totals.lost(),
         filtered = filtered_total,
         summary = ?summary,
@@ -209,7 +211,8 @@ fn record_window(
     session: &Session,
 ) {
     metrics.windows.inc();
-    metrics.set_samples_total(totals.samples);
+    metrics.set_samples_total("profiled", totals.samples - totals.idle);
+    metrics.set_samples_total("idle", totals.idle);
     metrics.set_samples_lost_total("counts_map_full", totals.lost_counts_full);
     metrics.set_samples_lost_total("other", totals.lost_other);
     metrics.set_stacks_lost_total("user_stacks_map_full", totals.user_stack_map_full);

@@ -111,6 +111,15 @@ pub const UNWIND_TABLE_MEMORY: Setting = Setting::new(
      back to frame pointers.",
 );
 
+/// `--include-idle`.
+pub const INCLUDE_IDLE: Setting = Setting::new(
+    "include-idle",
+    "include_idle",
+    None,
+    "Keep the samples of idle CPUs (the idle task, pid 0) in the profiles, as perf does. By \
+     default they are only counted, in `taskprof_samples_total{kind=\"idle\"}`.",
+);
+
 /// `--python`.
 pub const PYTHON: Setting = Setting::new(
     "python",
@@ -381,6 +390,7 @@ pub const ALL: &[Setting] = &[
     UNWIND,
     UNWIND_TABLE_MEMORY,
     PYTHON,
+    INCLUDE_IDLE,
     UPLOAD_URL,
     UPLOAD_PROTOCOL,
     UPLOAD_COMPRESSION,

@@ -207,6 +207,7 @@ impl WindowProcessor {
         };
 
         let forgotten = self.forget_finished(session);
+        self.symbolizer.end_window();
         self.windows += 1;
         // Strictly increasing, even if two windows end in the same
         // millisecond: the spool keys windows by sequence.

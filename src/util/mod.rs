@@ -4,6 +4,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod durable;
+pub mod memory;
 pub(crate) mod secret;
 
 use url::Url;

@@ -17,6 +17,7 @@ mod agent_unwind;
 mod agent_upload;
 mod kubernetes_metadata;
 mod profile_cli_errors;
+mod profile_idle;
 mod profile_jit;
 mod profile_output_formats;
 mod profile_pprof_format;
