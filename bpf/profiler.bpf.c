@@ -22,6 +22,9 @@ const volatile bool filter_tgids = false;
 /* Walk user stacks with the unwind tables (else the kernel's frame-pointer
  * walk, --unwind=fp). */
 const volatile bool table_unwind = true;
+/* Keep samples of the idle task (pid 0) in the counts map (--include-idle);
+ * else they are only counted. */
+const volatile bool include_idle = false;
 
 /* Written by userspace through the mmapped .bss at window boundaries. */
 volatile __u32 generation = 0;
@@ -708,6 +711,13 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 		return 0;
 
 	stat_inc(gen, STAT_SAMPLES);
+	/* A CPU with nothing to run samples its idle task (pid 0). That is no
+	 * CPU work, and on a quiet host it is nearly every sample: count it
+	 * and stop here, before any stack is walked or map entry made. */
+	if (key.pid == 0 && !include_idle) {
+		stat_inc(gen, STAT_IDLE);
+		return 0;
+	}
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.incarnation = incarnation_of(key.tgid, gen);
 	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation);

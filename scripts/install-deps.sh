@@ -4,12 +4,15 @@
 # sudo available).
 #   scripts/install-deps.sh          build dependencies
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
-#                                    the unwinding tests' compilers, perf and workloads)
+#                                    the unwinding tests' compilers, perf and workloads,
+#                                    and PyPI's opentelemetry-proto in target/otlp-venv)
+#   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
+#                                    for benches/peers.sh
 #   scripts/install-deps.sh --soak   build dependencies and what scripts/soak.sh uses
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     # golang-go: `go tool pprof` reads the profiles.
     # g++ (and libstdc++, which clang++ uses too), binutils (objdump): build
     #   and check the fixtures without frame pointers (tests/integration/profile_unwind.rs).
@@ -27,6 +30,11 @@ elif [[ "${1:-}" == "--soak" ]]; then
     # python3: the soak's receiver and load; curl: its /metrics scrapes;
     # gnuplot-nox: its figure.
     packages+=(python3 curl gnuplot-nox)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+    # benches/peers.sh: bpftrace is the other BPF profiler it compares
+    # with; bc does its arithmetic; time (GNU) measures peak RSS.
+    packages+=(bpftrace bc time)
 fi
 
 missing=()
@@ -46,6 +54,20 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    # PyPI's opentelemetry-proto: the reference OTLP classes, a second
+    # decoder for the agent's OTLP requests (tests/integration/agent_otlp.rs),
+    # pinned, in a venv under target/.
+    otlp_proto=1.45.2
+    venv="$(dirname "$0")/../target/otlp-venv"
+    if [[ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))' 2>/dev/null)" != "$otlp_proto" ]]; then
+        echo "install-deps: installing opentelemetry-proto $otlp_proto into target/otlp-venv" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-proto==$otlp_proto"
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

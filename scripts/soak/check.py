@@ -9,7 +9,7 @@ and exits 1 if any check fails:
 - RSS and open fds at the end are at most 10% above their value at the end
   of the warm-up;
 - the samples BPF took equal, window by window, those in profiles plus
-  those counted lost or filtered, and the windows add up to the total in
+  those counted idle, lost or filtered, and the windows add up to the total in
   the agent's `stopped` line;
 - the samples in profiles equal the samples the receiver accepted plus
   `taskprof_samples_dropped_total` (profiles refused or evicted);
@@ -85,7 +85,11 @@ def main():
     in_profiles = sum(w["in_profiles"] for w in windows)
     lost = sum(w["lost"] for w in windows)
     filtered = sum(w.get("filtered", 0) for w in windows)
-    unbalanced = [w for w in windows if w["in_profiles"] + w["lost"] + w.get("filtered", 0) != w["samples"]]
+    # Idle CPUs' samples are counted apart from profiles (from 2026-12-03).
+    idle = sum(w.get("idle", 0) for w in windows)
+    unbalanced = [
+        w for w in windows if w["in_profiles"] + w.get("idle", 0) + w["lost"] + w.get("filtered", 0) != w["samples"]
+    ]
     accepted = [r for r in requests if r.get("status") == 200]
     received = sum(r["samples"] for r in accepted)
     dropped = int(last["samples_dropped"])
@@ -106,8 +110,8 @@ def main():
     )
     verdict = check(not unbalanced, f"{len(unbalanced)} windows do not balance")
     lines.append(
-        f"- per window, taken = in profiles + lost + filtered: {len(windows) - len(unbalanced)} of "
-        f"{len(windows)} ({in_profiles} + {lost} + {filtered}): {verdict}"
+        f"- per window, taken = in profiles + idle + lost + filtered: {len(windows) - len(unbalanced)} of "
+        f"{len(windows)} ({in_profiles} + {idle} + {lost} + {filtered}): {verdict}"
     )
     verdict = check(received + dropped == in_profiles, "samples in profiles were neither delivered nor dropped")
     lines.append(

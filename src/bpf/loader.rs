@@ -31,6 +31,8 @@ pub struct SamplerConfig {
     pub verifier_log: bool,
     /// Walk user stacks with unwind tables (else frame pointers only).
     pub table_unwind: bool,
+    /// Keep samples of the idle task (pid 0); else they are only counted.
+    pub include_idle: bool,
     /// Where the Python walker finds a thread's `struct pthread` and its
     /// thread-specific values: (offset of the fs base in `task_struct`,
     /// offset of glibc's first block of values). None turns it off.
@@ -62,6 +64,7 @@ impl SamplerConfig {
             counts_map_entries: counts_entries as u32,
             verifier_log: false,
             table_unwind: true,
+            include_idle: false,
             python: None,
         }
     }
@@ -283,6 +286,7 @@ impl Sampler {
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.filter_tgids = !config.tgids.is_empty();
             rodata.table_unwind = config.table_unwind;
+            rodata.include_idle = config.include_idle;
             if let Some(python) = config.python {
                 rodata.task_fsbase_offset = python.task_fsbase;
                 rodata.pthread_specific_offset = python.pthread_specific;
