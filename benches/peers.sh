@@ -18,7 +18,10 @@
 #
 # Usage, as root from the repository: benches/peers.sh
 # Environment: PEERS_SECONDS (12), PEERS_REPEAT (3), PEERS_HZ (99),
-# TASKPROF_ARGS (extra flags for taskprof, e.g. --unwind=fp).
+# TASKPROF_ARGS (extra flags for taskprof, e.g. --unwind=fp), PEERS_TOOLS
+# (a subset of "perf bpftrace taskprof"), PEERS_TASKPROF (another taskprof
+# binary, e.g. an older build to compare with; default: this checkout's,
+# built in release mode).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -28,8 +31,11 @@ repeat=${PEERS_REPEAT:-3}
 hz=${PEERS_HZ:-99}
 
 scripts/install-deps.sh --bench >&2
-cargo build --release --quiet
-taskprof=$PWD/target/release/taskprof
+taskprof=${PEERS_TASKPROF:-}
+if [[ -z "$taskprof" ]]; then
+    cargo build --release --quiet
+    taskprof=$PWD/target/release/taskprof
+fi
 work=$(mktemp -d /tmp/taskprof-peers.XXXXXX)
 workload_pids=()
 cleanup() {
@@ -43,15 +49,12 @@ echo 1 >/proc/sys/kernel/bpf_stats_enabled
 
 # run_time_ns and run_cnt summed over the perf_event programs (type 7)
 # that process $1 holds.
+# One awk over every fd: taskprof holds hundreds (the files it names).
 bpf_totals() {
-    local ns=0 cnt=0 f type
-    for f in /proc/"$1"/fdinfo/*; do
-        type=$(awk '$1 == "prog_type:" {print $2}' "$f" 2>/dev/null) || continue
-        [[ "$type" == 7 ]] || continue
-        ns=$((ns + $(awk '$1 == "run_time_ns:" {print $2}' "$f")))
-        cnt=$((cnt + $(awk '$1 == "run_cnt:" {print $2}' "$f")))
-    done
-    echo "$ns $cnt"
+    awk 'FNR == 1 {type = ""} $1 == "prog_type:" {type = $2}
+         type == 7 && $1 == "run_time_ns:" {ns += $2}
+         type == 7 && $1 == "run_cnt:" {cnt += $2}
+         END {print ns + 0, cnt + 0}' /proc/"$1"/fdinfo/* 2>/dev/null || echo "0 0"
 }
 
 now() { date +%s.%N; }
@@ -116,7 +119,7 @@ run_one() {
 
 median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0 || a[1] == "-") print "-"; else print a[int((NR + 1) / 2)]}'; }
 
-tools=(perf bpftrace taskprof)
+read -r -a tools <<<"${PEERS_TOOLS:-perf bpftrace taskprof}"
 for ((round = 1; round <= repeat; round++)); do
     for tool in "${tools[@]}"; do
         "$work/chain" $((seconds + 10)) & workload_pids=($!)
