@@ -4,7 +4,8 @@
 # sudo available).
 #   scripts/install-deps.sh          build dependencies
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
-#                                    the unwinding tests' compilers, perf and workloads)
+#                                    the unwinding tests' compilers, perf and workloads,
+#                                    and PyPI's opentelemetry-proto in target/otlp-venv)
 #   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
 #                                    for benches/peers.sh
 set -euo pipefail
@@ -48,6 +49,20 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    # PyPI's opentelemetry-proto: the reference OTLP classes, a second
+    # decoder for the agent's OTLP requests (tests/integration/agent_otlp.rs),
+    # pinned, in a venv under target/.
+    otlp_proto=1.45.2
+    venv="$(dirname "$0")/../target/otlp-venv"
+    if [[ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))' 2>/dev/null)" != "$otlp_proto" ]]; then
+        echo "install-deps: installing opentelemetry-proto $otlp_proto into target/otlp-venv" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-proto==$otlp_proto"
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

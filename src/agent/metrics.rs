@@ -50,6 +50,9 @@ pub struct Metrics {
     pub profiles_failed: Counter,
     /// `taskprof_profiles_spooled_total`: profiles written to the on-disk spool.
     pub profiles_spooled: Counter,
+    /// `taskprof_otlp_profiles_rejected_total`: profiles an OTLP backend
+    /// accepted the request of but refused (its `partial_success`).
+    pub otlp_profiles_rejected: Counter,
     /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
     pub spool_evictions: Counter,
     /// `taskprof_spool_bytes`: current size of the spool.
@@ -183,6 +186,13 @@ impl Metrics {
                 &mut r,
                 "taskprof_profiles_spooled",
                 "Profiles written to the on-disk spool",
+                None,
+                Counter::default(),
+            ),
+            otlp_profiles_rejected: register(
+                &mut r,
+                "taskprof_otlp_profiles_rejected",
+                "Profiles an OTLP backend refused in a partial success (the request itself was accepted)",
                 None,
                 Counter::default(),
             ),
@@ -457,6 +467,7 @@ mod tests {
             "taskprof_profiles_retried_total 0",
             "taskprof_profiles_failed_total 0",
             "taskprof_profiles_spooled_total 0",
+            "taskprof_otlp_profiles_rejected_total 0",
             "taskprof_spool_evictions_total 0",
             "taskprof_spool_bytes 42",
             "taskprof_spool_windows 0",

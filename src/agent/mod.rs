@@ -51,7 +51,11 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
              so anyone on the network path can read or alter profiles and credentials"
         );
     }
-    let uploader = build_uploader(&config.delivery.upload, metrics.clone())?;
+    // Inside the runtime: a gRPC channel's background task is spawned on it.
+    let uploader = {
+        let _guard = runtime.enter();
+        build_uploader(&config.delivery.upload, metrics.clone())?
+    };
     let spool = Spool::open(&config.delivery.spool, metrics.clone())?;
     let options = DeliveryOptions {
         queue_capacity: config.delivery.queue_capacity,
@@ -71,6 +75,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         per_process: config.identity.series_per_process,
     };
     let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info);
+    if config.delivery.upload.protocol.is_otlp() {
+        processor = processor.with_otlp();
+    }
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();

@@ -144,7 +144,15 @@ pub const UPLOAD_PROTOCOL: Setting = Setting::new(
     "upload-protocol",
     "upload_protocol",
     Some("pyroscope"),
-    "Backend protocol: pyroscope, parca or file.",
+    "Backend protocol: pyroscope, parca, otlp (OTLP/HTTP profiles), otlp-grpc or file.",
+);
+/// `--upload-compression`.
+pub const UPLOAD_COMPRESSION: Setting = Setting::new(
+    "upload-compression",
+    "upload_compression",
+    Some("gzip"),
+    "Compression of OTLP request bodies: gzip or none. The pprof protocols always send gzipped \
+     profiles.",
 );
 /// `--upload-timeout`.
 pub const UPLOAD_TIMEOUT: Setting = Setting::new(
@@ -385,6 +393,7 @@ pub const ALL: &[Setting] = &[
     INCLUDE_IDLE,
     UPLOAD_URL,
     UPLOAD_PROTOCOL,
+    UPLOAD_COMPRESSION,
     UPLOAD_TIMEOUT,
     UPLOAD_CONCURRENCY,
     BEARER_TOKEN_FILE,

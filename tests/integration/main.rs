@@ -9,6 +9,7 @@ mod agent_backend_failures;
 mod agent_capabilities;
 mod agent_config_errors;
 mod agent_kubernetes;
+mod agent_otlp;
 mod agent_receivers;
 mod agent_series;
 mod agent_spool;
