@@ -25,17 +25,13 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "peers.sh loads BPF programs: run it as root" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
 seconds=${PEERS_SECONDS:-12}
 repeat=${PEERS_REPEAT:-3}
 hz=${PEERS_HZ:-99}
 
-scripts/install-deps.sh --bench >&2
-taskprof=${PEERS_TASKPROF:-}
-if [[ -z "$taskprof" ]]; then
-    cargo build --release --quiet
-    taskprof=$PWD/target/release/taskprof
-fi
+bench_setup peers.sh "${PEERS_TASKPROF:-}"
 work=$(mktemp -d /tmp/taskprof-peers.XXXXXX)
 workload_pids=()
 cleanup() {
@@ -95,9 +91,10 @@ run_one() {
         fi
         [[ -n "$first" ]] || sleep 0.005
     done
-    # Just before sampling ends, the programs' own totals.
+    # A second before sampling ends (taskprof closes its program as soon
+    # as sampling stops), the programs' own totals.
     sample_end=$(echo "$first + $seconds" | bc)
-    sleep "$(echo "$sample_end - $(now) - 0.3" | bc)"
+    sleep "$(echo "x = $sample_end - $(now) - 1; if (x < 0) x = 0; x" | bc)"
     [[ $tool != perf ]] && totals=$(bpf_totals "$pid")
     wait "$timer"
     local t_exit; t_exit=$(now)
@@ -117,7 +114,8 @@ run_one() {
     echo "$rss $(echo "scale=4; ($user + $sys) / $seconds" | bc) $per_sample $(echo "$first - $t0" | bc) $output"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0 || a[1] == "-") print "-"; else print a[int((NR + 1) / 2)]}'; }
+# The median of the numbers on stdin; "-" when there are none.
+median() { grep -v '^-$' | sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
 
 read -r -a tools <<<"${PEERS_TOOLS:-perf bpftrace taskprof}"
 for ((round = 1; round <= repeat; round++)); do

@@ -7,7 +7,8 @@
 #                                    the unwinding tests' compilers, perf and workloads,
 #                                    and PyPI's opentelemetry-proto in target/otlp-venv)
 #   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
-#                                    for benches/peers.sh
+#                                    for benches/peers.sh, node and a JDK for
+#                                    benches/agent-memory.sh
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
@@ -29,7 +30,9 @@ fi
 if [[ "${1:-}" == "--bench" ]]; then
     # benches/peers.sh: bpftrace is the other BPF profiler it compares
     # with; bc does its arithmetic; time (GNU) measures peak RSS.
-    packages+=(bpftrace bc time)
+    # benches/agent-memory.sh: node and a JVM are the large programs the
+    # agent names while they run.
+    packages+=(bpftrace bc time nodejs openjdk-17-jdk-headless)
 fi
 
 missing=()

@@ -29,8 +29,8 @@ fn fixture_windows(receiver: &OtlpReceiver) -> Vec<Vec<ResolvedResource>> {
 
 /// The account of an OTLP run: each accepted request holds exactly the
 /// samples of one closed window (in order), `dropped` counts the samples of
-/// requests the test made the receiver refuse, and with BPF's losses that
-/// is every sample BPF took.
+/// requests the test made the receiver refuse, and with the idle CPUs'
+/// samples and BPF's losses that is every sample BPF took.
 fn assert_exact_accounting(exit: &AgentExit, windows: &[Vec<ResolvedResource>], dropped: i64) {
     let closed: Vec<i64> = exit
         .windows()
@@ -48,14 +48,19 @@ fn assert_exact_accounting(exit: &AgentExit, windows: &[Vec<ResolvedResource>], 
     let stopped = exit.stopped();
     assert!(stopped.samples > 0, "BPF took no samples:\n{}", exit.stderr());
     assert_eq!(
-        received.iter().sum::<i64>() + dropped + stopped.lost as i64,
+        received.iter().sum::<i64>() + dropped + stopped.idle as i64 + stopped.lost as i64,
         stopped.samples as i64,
-        "received {received:?} + dropped {dropped} + lost {} != taken {}",
+        "received {received:?} + dropped {dropped} + idle {} + lost {} != taken {}",
+        stopped.idle,
         stopped.lost,
         stopped.samples
     );
     for window in exit.windows() {
-        assert_eq!(window.in_profiles + window.lost, window.samples, "{window:?}");
+        assert_eq!(
+            window.in_profiles + window.idle + window.lost,
+            window.samples,
+            "{window:?}"
+        );
     }
     let starts: Vec<u64> = windows.iter().map(|w| w[0].time_unix_nano).collect();
     assert!(
