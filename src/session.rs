@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::bpf::{
-    online_cpu_count, pthread_specific_offset, task_fsbase_offset, ProcessEvent, PythonWalkOffsets, RawSample,
-    SampleStats, Sampler, SamplerConfig, Window,
+    online_cpu_count, pthread_specific_offset, task_fsbase_offset, Forced, Loaded, ProcessEvent, PythonWalkOffsets,
+    RawSample, SampleStats, Sampler, SamplerConfig, Window,
 };
 use crate::process::{ProcessKey, ProcessTable};
 use crate::python::processes::PythonProcesses;
@@ -92,6 +92,7 @@ impl Session {
         config.tgids = settings.pids.clone();
         config.verifier_log = settings.verifier_log;
         config.table_unwind = settings.unwind_table_memory.is_some();
+        config.forced = Forced::from_env().map_err(anyhow::Error::msg)?;
         let mut notes = Vec::new();
         if settings.python {
             match (task_fsbase_offset(), pthread_specific_offset()) {
@@ -113,10 +114,17 @@ impl Session {
         }
         let python = config.python.map(|_| PythonProcesses::default());
         let sampler = Sampler::load(config)?;
+        let mut unwind_table_memory = settings.unwind_table_memory;
+        if let Some(why) = &sampler.loaded().unwinder_error {
+            // Only the first line: a verifier log may follow it.
+            let why = why.lines().next().unwrap_or_default();
+            notes.push(format!("warning: user stacks follow frame pointers only: {why}"));
+            unwind_table_memory = None;
+        }
         let mut session = Session {
             sampler,
             processes: ProcessTable::new(),
-            unwind: settings.unwind_table_memory.map(UnwindManager::new),
+            unwind: unwind_table_memory.map(UnwindManager::new),
             unwind_forgotten: Vec::new(),
             unwind_missing: Vec::new(),
             python,
@@ -138,6 +146,12 @@ impl Session {
             }
         }
         Ok(session)
+    }
+
+    /// How the sampler was loaded: its variant, verifier instructions and
+    /// load time.
+    pub fn loaded(&self) -> &Loaded {
+        self.sampler.loaded()
     }
 
     /// Starts sampling.
