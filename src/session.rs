@@ -92,7 +92,7 @@ impl Session {
         config.tgids = settings.pids.clone();
         config.verifier_log = settings.verifier_log;
         config.table_unwind = settings.unwind_table_memory.is_some();
-        config.forced = Forced::from_env().map_err(anyhow::Error::msg)?;
+        config.forced = Forced::from_env()?;
         let mut notes = Vec::new();
         if settings.python {
             match (task_fsbase_offset(), pthread_specific_offset()) {

@@ -169,6 +169,11 @@ pub struct Forced {
     pub frame_pointers: bool,
 }
 
+/// A `TASKPROF_BPF_VARIANT` that names no fallback: a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VariantError(String);
+
 /// The environment variable that forces fallbacks: words of the variant's
 /// name, separated by `+` or `,`.
 pub const VARIANT_ENV: &str = "TASKPROF_BPF_VARIANT";
@@ -176,7 +181,7 @@ pub const VARIANT_ENV: &str = "TASKPROF_BPF_VARIANT";
 impl Forced {
     /// Parses words such as `bounded_loop+task_stack`. The default
     /// variant's own words (`bpf_loop`, `task_pt_regs`) force nothing.
-    pub fn parse(text: &str) -> Result<Forced, String> {
+    pub fn parse(text: &str) -> Result<Forced, VariantError> {
         let mut forced = Forced::default();
         for word in text.split(['+', ',']).map(str::trim).filter(|w| !w.is_empty()) {
             match word {
@@ -186,10 +191,10 @@ impl Forced {
                 "preallocated" => forced.preallocated = true,
                 "frame_pointers" => forced.frame_pointers = true,
                 other => {
-                    return Err(format!(
+                    return Err(VariantError(format!(
                         "{VARIANT_ENV}: unknown word `{other}`; use bounded_loop, task_stack, preallocated or \
                          frame_pointers, joined by +"
-                    ))
+                    )))
                 }
             }
         }
@@ -197,7 +202,7 @@ impl Forced {
     }
 
     /// The fallbacks forced by `TASKPROF_BPF_VARIANT`, none when unset.
-    pub fn from_env() -> Result<Forced, String> {
+    pub fn from_env() -> Result<Forced, VariantError> {
         match std::env::var(VARIANT_ENV) {
             Ok(text) => Forced::parse(&text),
             Err(_) => Ok(Forced::default()),
@@ -390,7 +395,7 @@ mod tests {
         assert_eq!(fp.to_string(), "bpf_loop+task_pt_regs+frame_pointers");
         // The default variant's own name forces nothing.
         assert_eq!(Forced::parse("bpf_loop+task_pt_regs").unwrap(), Forced::default());
-        let err = Forced::parse("bounded+fast").unwrap_err();
+        let err = Forced::parse("bounded+fast").unwrap_err().to_string();
         assert!(err.contains("`bounded`") && err.contains(VARIANT_ENV), "{err}");
     }
 

@@ -16,7 +16,7 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
 }
 
-pub use features::{Features, Forced, UserRegs, Variant, Walk, VARIANT_ENV};
+pub use features::{Features, Forced, UserRegs, Variant, VariantError, Walk, VARIANT_ENV};
 pub use loader::{Loaded, ProcessEvent, PythonWalkOffsets, Sampler, SamplerConfig, SamplerError, Window};
 pub use python::{pthread_specific_offset, task_fsbase_offset, PythonWalk};
 pub use stacks::{PythonFrame, PythonStack, PythonStop, Stack, StackLoss, Truncation};
