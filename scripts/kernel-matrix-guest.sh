@@ -27,8 +27,9 @@ for word in $(cat /proc/cmdline); do
     esac
 done
 receiver=http://10.0.2.2:$port
-post() { # FILE NAME
-    wget -q -O /dev/null --post-file "$1" "$receiver/result?guest=$guest&file=$2" ||
+post() { # FILE NAME: base64, since busybox wget posts a file as a C string
+    base64 "$1" >/tmp/post.b64
+    wget -q -O /dev/null --post-file /tmp/post.b64 "$receiver/result?guest=$guest&file=$2&encoding=base64" ||
         echo "matrix: posting $2 failed"
 }
 echo "matrix: $guest: kernel $(uname -r), BTF: $(ls /sys/kernel/btf/vmlinux 2>&1)"

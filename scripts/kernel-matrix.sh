@@ -38,7 +38,8 @@ for tool in qemu-system-x86_64 busybox cpio gcc go python3 apt-get dpkg-deb; do
         exit 1
     }
 done
-file -L "$(command -v busybox)" | grep -q 'statically linked' || {
+# ldd fails on a static executable: that is the busybox the guests need.
+! ldd "$(command -v busybox)" >/dev/null 2>&1 || {
     echo "kernel-matrix: busybox is not the static build; run scripts/install-deps.sh --test (busybox-static)" >&2
     exit 1
 }
@@ -71,7 +72,7 @@ fetch_kernel() {
     setup_apt
     # linux-image-amd64 depends on the suite's current kernel package.
     package=$(apt-cache "${apt_opts[@]}" depends "linux-image-amd64/$suite" 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        awk '/Depends: linux-image-[0-9]/ && !found {print $2; found = 1}')
     [[ -n $package ]] || { log "no linux-image-amd64 in $suite"; return 1; }
     mkdir -p "$work/debs"
     deb=$(ls "$work/debs/${package}_"*.deb 2>/dev/null | head -1 || true)
@@ -112,7 +113,7 @@ build_initramfs() {
     done
     # The user-mode network's emulated e1000, a module in Debian's kernels.
     local e1000
-    e1000=$(find "$modules_dir" -name 'e1000.ko*' | head -1)
+    e1000=$(find "$modules_dir" -name 'e1000.ko*' -print -quit)
     case $e1000 in
     *.xz) xz -dc "$e1000" >"$root/modules/e1000.ko" ;;
     *.zst) zstd -qdc "$e1000" >"$root/modules/e1000.ko" ;;
@@ -132,15 +133,19 @@ rm -rf "$results" && mkdir -p "$results"
 port_file=$work/receiver.port
 rm -f "$port_file"
 python3 - "$results" "$port_file" <<'EOF' &
-import http.server, os, sys, urllib.parse
+import base64, http.server, itertools, os, sys, urllib.parse
 root, port_file = sys.argv[1], sys.argv[2]
+uploads = itertools.count(1)
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         url = urllib.parse.urlparse(self.path)
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         query = urllib.parse.parse_qs(url.query)
+        # busybox wget posts a file as a C string: binary files come base64.
+        if query.get("encoding") == ["base64"]:
+            body = base64.b64decode(body)
         guest = query.get("guest", ["agent"])[0]
-        name = query.get("file", [None])[0] or "upload-%d" % len(os.listdir(root))
+        name = query.get("file", [None])[0] or "upload-%d" % next(uploads)
         os.makedirs(os.path.join(root, guest), exist_ok=True)
         with open(os.path.join(root, guest, os.path.basename(name)), "wb") as f:
             f.write(body)
@@ -177,7 +182,10 @@ for k in "${kernels[@]}"; do
     else
         dir=$(fetch_kernel "$k")
         vmlinuz=$(ls "$dir"/boot/vmlinuz-*)
-        modules=$(ls -d "$dir"/lib/modules/* "$dir"/usr/lib/modules/* 2>/dev/null | head -1)
+        modules=""
+        for candidate in "$dir"/lib/modules/* "$dir"/usr/lib/modules/*; do
+            [[ -d $candidate ]] && modules=$candidate
+        done
     fi
     release=${vmlinuz##*/vmlinuz-}
     initrd=$work/guest/initrd-$release.gz

@@ -765,3 +765,19 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
     }
     Ok(samples)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::verified_from_log;
+
+    #[test]
+    fn the_verifier_instruction_count_is_read_from_its_statistics_line() {
+        let log = "libbpf: prog 'sample_bounded': -- BEGIN PROG LOAD LOG --\n\
+                   func#1 @94\n\
+                   processed 9356 insns (limit 1000000) max_states_per_insn 4 total_states 512 peak_states 498 mark_read 41\n\
+                   -- END PROG LOAD LOG --\n";
+        assert_eq!(verified_from_log(log), Some(9356));
+        assert_eq!(verified_from_log("processed all maps\n"), None);
+        assert_eq!(verified_from_log(""), None);
+    }
+}
