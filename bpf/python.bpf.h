@@ -55,6 +55,15 @@ struct python_loop {
 	__u32 frame_entry;
 };
 
+/*
+ * Hides what the compiler knows of `value`, so that a bounds check on it
+ * stays in the program, right before the access it guards. Otherwise clang
+ * drops the check as implied by an earlier one, and older verifiers (6.1's,
+ * which lose a 32-bit value's bounds when it is spilled to the stack and
+ * read back) see an unbounded index.
+ */
+#define TASKPROF_OPAQUE(value) asm volatile("" : "+r"(value))
+
 static __always_inline long python_stop(struct python_state *state, __u32 status)
 {
 	state->status = status;
@@ -88,6 +97,7 @@ static __always_inline long python_frame(struct python_loop *loop)
 		/* The shim below an activation: the frame above it was the
 		 * activation's outermost. */
 		slot = 2 * count - 1;
+		TASKPROF_OPAQUE(slot);
 		if (count > 0 && slot < TASKPROF_MAX_STACK_DEPTH)
 			trace->ips[slot] |= PYTHON_FRAME_ENTRY;
 		return 0;
@@ -112,6 +122,7 @@ static __always_inline long python_frame(struct python_loop *loop)
 		break;
 	}
 	slot = 2 * count;
+	TASKPROF_OPAQUE(slot);
 	if (slot > TASKPROF_MAX_STACK_DEPTH - 2)
 		return python_stop(state, PYTHON_DEPTH);
 	/* Both slots through one bounded pointer: the verifier's range for

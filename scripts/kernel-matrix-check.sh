@@ -11,7 +11,7 @@ process=$2
 command -v go >/dev/null || { echo "kernel-matrix-check: go is missing; run scripts/install-deps.sh --test" >&2; exit 1; }
 [[ -s $profile ]] || { echo "kernel-matrix-check: no profile at $profile" >&2; exit 1; }
 go tool pprof -traces "$profile" 2>/dev/null | python3 -c '
-import sys
+import re, sys
 process = sys.argv[1]
 total = complete = 0
 def finish(block):
@@ -20,9 +20,9 @@ def finish(block):
     frames = []
     count = 0
     for line in block:
-        if ":  " in line and not line.startswith(" "):
-            key, _, value = line.partition(":  ")
-            labels[key.strip()] = value.strip()
+        label = re.match(r"^\s*(\S+):  (.*)$", line)
+        if label and not frames:
+            labels[label.group(1)] = label.group(2).strip()
         elif line.strip():
             words = line.split()
             if not frames and words[0].isdigit():

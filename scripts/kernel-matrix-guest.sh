@@ -38,9 +38,11 @@ echo "matrix: $guest: kernel $(uname -r), BTF: $(ls /sys/kernel/btf/vmlinux 2>&1
 fixture=$!
 sleep 1
 
-# One-shot whole-host profile. Under emulation everything is slow: a
-# longer profile at a higher rate gives the fixture enough samples.
-taskprof profile --duration 20s --frequency 199 --output /tmp/profile.pb.gz >/tmp/profile.log 2>&1
+# One-shot whole-host profile. A whole-host profile loads a process's
+# unwind tables when it is first sampled, which under emulation takes a
+# second or two: the fixture's samples before that are cut short ("tables
+# not loaded yet"). A minute makes them about 2% of its samples.
+taskprof profile --duration 60s --frequency 199 --output /tmp/profile.pb.gz >/tmp/profile.log 2>&1
 echo "matrix: profile exited $?"
 cat /tmp/profile.log
 summary=$(grep 'BPF sampler' /tmp/profile.log | tail -n 1)

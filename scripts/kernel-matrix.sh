@@ -197,12 +197,12 @@ for k in "${kernels[@]}"; do
     # networking forwards to the host's loopback; nothing else is exposed.
     if ! timeout 900 nice -n 10 qemu-system-x86_64 -machine q35 -accel tcg -cpu max -smp 2 -m 1536 \
         -kernel "$vmlinuz" -initrd "$initrd" -no-reboot -nographic -serial "file:$console" -monitor none \
-        -append "console=ttyS0 panic=-1 quiet matrix_guest=$k-$release matrix_port=$port" \
+        -append "console=ttyS0 panic=-1 quiet matrix_guest=$k matrix_port=$port" \
         -nic user,model=e1000 >/dev/null 2>&1; then
         log "$release: qemu failed or timed out"
     fi
     log "$release: guest ran $(($(date +%s) - started)) s"
-    report=$results/$k-$release/report
+    report=$results/$k/report
     if [[ ! -f $report ]]; then
         log "$release: no report from the guest; the console's last lines:"
         tail -n 30 "$console" >&2
@@ -213,7 +213,7 @@ for k in "${kernels[@]}"; do
     # shellcheck disable=SC1090
     variant="" verified="" load_ms="" agent_uploads="" agent_variant=""
     source "$report"
-    check=$(bash scripts/kernel-matrix-check.sh "$results/$k-$release/profile.pb.gz" qsort_gcc) || true
+    check=$(bash scripts/kernel-matrix-check.sh "$results/$k/profile.pb.gz" qsort_gcc) || true
     samples=${check%% *}
     complete=${check##* }
     status=pass

@@ -112,15 +112,12 @@ impl Session {
                 ),
             }
         }
-        let python = config.python.map(|_| PythonProcesses::default());
         let sampler = Sampler::load(config)?;
-        let mut unwind_table_memory = settings.unwind_table_memory;
-        if let Some(why) = &sampler.loaded().unwinder_error {
-            // Only the first line: a verifier log may follow it.
-            let why = why.lines().next().unwrap_or_default();
-            notes.push(format!("warning: user stacks follow frame pointers only: {why}"));
-            unwind_table_memory = None;
-        }
+        // A fallback variant may have turned the unwinder and the Python
+        // walker off.
+        let python = sampler.config().python.map(|_| PythonProcesses::default());
+        let unwind_table_memory = settings.unwind_table_memory.filter(|_| sampler.config().table_unwind);
+        notes.extend(sampler.loaded().fallbacks.iter().map(|why| format!("warning: {why}")));
         let mut session = Session {
             sampler,
             processes: ProcessTable::new(),

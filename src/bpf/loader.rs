@@ -167,9 +167,9 @@ pub struct Loaded {
     pub verified_insns: Option<u64>,
     /// Time the kernel took to load (verify) the programs.
     pub load_time: Duration,
-    /// Why the table unwinder did not load, when the sampler fell back to
-    /// frame pointers.
-    pub unwinder_error: Option<String>,
+    /// The fallbacks taken because a variant did not load (or was forced),
+    /// one line each, for a warning.
+    pub fallbacks: Vec<String>,
 }
 
 impl Loaded {
@@ -288,35 +288,62 @@ impl Sampler {
     /// that unwind tables can be loaded before the first sample. Probes
     /// the kernel first and loads the variant it supports; if the table
     /// unwinder cannot load at all, loads the frame-pointer walk instead
-    /// (see [`Loaded::unwinder_error`]).
+    /// (see [`Loaded::fallbacks`] and [`load_attempts`]).
     pub fn load(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         check_capabilities()?;
         let features = Features::probe();
-        let mut variant = Variant::choose(&features, &config.forced).map_err(SamplerError::Kernel)?;
-        if !variant.frame_pointers || !config.table_unwind {
-            return match Sampler::load_variant(config.clone(), features, variant, None) {
-                Err(err @ SamplerError::Load { .. }) if config.table_unwind => {
-                    let why = format!("the table unwinder could not load on this kernel: {err}");
-                    tracing::debug!(error = %why, "the table unwinder did not load");
-                    variant.frame_pointers = true;
-                    Sampler::load_variant(config, features, variant, Some(why))
-                }
-                other => other,
-            };
+        let variant = Variant::choose(&features, &config.forced).map_err(SamplerError::Kernel)?;
+        let mut fallbacks = Vec::new();
+        if variant.frame_pointers {
+            fallbacks.push(format!(
+                "{} forces frame pointers: user stacks follow frame pointers only and Python frames are off",
+                super::features::VARIANT_ENV
+            ));
         }
-        let forced = format!("{} forces frame pointers", super::features::VARIANT_ENV);
-        Sampler::load_variant(config, features, variant, Some(forced))
+        let mut first_error = None;
+        for attempt in load_attempts(variant) {
+            let attempt_config = if attempt.frame_pointers {
+                SamplerConfig {
+                    table_unwind: false,
+                    python: None,
+                    ..config.clone()
+                }
+            } else {
+                config.clone()
+            };
+            if attempt != variant {
+                // Only the first line: with --verifier-log the log follows.
+                let why = first_error
+                    .as_ref()
+                    .map(|err: &SamplerError| err.to_string())
+                    .unwrap_or_default();
+                let why = why.lines().next().unwrap_or_default();
+                fallbacks.push(if attempt.frame_pointers {
+                    format!(
+                        "the table unwinder could not load on this kernel, so user stacks follow frame pointers \
+                         only and Python frames are off ({why})"
+                    )
+                } else {
+                    format!("the bpf_loop sampler could not load on this kernel, so it walks in a bounded loop ({why})")
+                });
+            }
+            match Sampler::load_variant(attempt_config, features, attempt, fallbacks.clone()) {
+                Err(err @ SamplerError::Load { .. }) => {
+                    tracing::debug!(variant = %attempt, error = %err, "BPF sampler variant did not load");
+                    first_error.get_or_insert(err);
+                }
+                other => return other,
+            }
+        }
+        Err(first_error.unwrap_or_else(|| SamplerError::Kernel("no BPF sampler variant to load".into())))
     }
 
     fn load_variant(
-        mut config: SamplerConfig,
+        config: SamplerConfig,
         features: Features,
         variant: Variant,
-        unwinder_error: Option<String>,
+        fallbacks: Vec<String>,
     ) -> Result<Sampler, SamplerError> {
-        if variant.frame_pointers {
-            config.table_unwind = false;
-        }
         let cpus = online_cpus().map_err(SamplerError::Cpus)?;
 
         if let Ok(mut log) = LIBBPF_LOG.lock() {
@@ -398,7 +425,9 @@ impl Sampler {
         } else {
             &mut open.progs.sample
         };
-        program.set_log_level(4);
+        // With --verifier-log, the instructions too (1), so a rejection
+        // shows its path.
+        program.set_log_level(if config.verifier_log { 1 | 4 } else { 4 });
         let load_started = std::time::Instant::now();
         let skel = open.load().map_err(load_error)?;
         let load_time = load_started.elapsed();
@@ -410,7 +439,7 @@ impl Sampler {
             verified_insns: program_info(sample_program(&skel, variant), "verified_insns:")
                 .or_else(|| verified_from_log(&log)),
             load_time,
-            unwinder_error,
+            fallbacks,
         };
         tracing::debug!(
             variant = %variant,
@@ -655,6 +684,29 @@ impl Sampler {
     }
 }
 
+/// The variants to try, in order, starting from the one the probes chose:
+/// a verifier can still reject a variant its kernel's features allow, so
+/// the bpf_loop walk falls back to the bounded loop, and both to the
+/// kernel's frame-pointer walk without the unwinder and the Python walker
+/// (in the bounded-loop program, whose unused paths hold no callback).
+fn load_attempts(chosen: Variant) -> Vec<Variant> {
+    let bounded = Variant {
+        walk: Walk::BoundedLoop,
+        ..chosen
+    };
+    let mut attempts = vec![chosen];
+    if chosen.walk == Walk::BpfLoop {
+        attempts.push(bounded);
+    }
+    if !chosen.frame_pointers {
+        attempts.push(Variant {
+            frame_pointers: true,
+            ..bounded
+        });
+    }
+    attempts
+}
+
 /// The sampling program `variant` loads.
 fn sample_program<'a>(skel: &'a ProfilerSkel<'static>, variant: Variant) -> &'a libbpf_rs::ProgramMut<'static> {
     match variant.walk {
@@ -768,7 +820,36 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
 
 #[cfg(test)]
 mod tests {
-    use super::verified_from_log;
+    use super::{load_attempts, verified_from_log};
+    use crate::bpf::{Features, Forced, Variant, Walk};
+
+    #[test]
+    fn a_rejected_variant_falls_back_to_the_bounded_loop_then_to_frame_pointers() {
+        let chosen = Variant::choose(&Features::ALL, &Forced::default()).unwrap();
+        let names: Vec<String> = load_attempts(chosen).iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "bpf_loop+task_pt_regs",
+                "bounded_loop+task_pt_regs",
+                "bounded_loop+task_pt_regs+frame_pointers"
+            ]
+        );
+        let bounded = Variant {
+            walk: Walk::BoundedLoop,
+            ..chosen
+        };
+        let bounded_fp = Variant {
+            frame_pointers: true,
+            ..bounded
+        };
+        assert_eq!(load_attempts(bounded), [bounded, bounded_fp]);
+        let forced_fp = Variant {
+            frame_pointers: true,
+            ..chosen
+        };
+        assert_eq!(load_attempts(forced_fp), [forced_fp, bounded_fp]);
+    }
 
     #[test]
     fn the_verifier_instruction_count_is_read_from_its_statistics_line() {
