@@ -116,12 +116,18 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } process_events SEC(".maps");
 
-/* One file's unwind rows; each table is its own array sized to fit. */
+/*
+ * One file's unwind rows; each table is its own array sized to fit.
+ * Sizes, not BTF types: userspace creates the tables without BTF, and
+ * kernels 5.15 to 6.1 refuse an inner map whose BTF-derived fields differ
+ * from the template's (with BTF, "no timer" is recorded as -ENOENT; without,
+ * as -EINVAL), failing every insertion with EINVAL.
+ */
 struct unwind_rows_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_INNER_MAP);
-	__type(key, __u32);
-	__type(value, struct unwind_row);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct unwind_row));
 	__uint(max_entries, 1);
 };
 
