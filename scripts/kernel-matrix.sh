@@ -17,6 +17,8 @@
 # directory) are cached under target/kernel-matrix/, so reruns only boot.
 # Run as root (apt's download area); needs scripts/install-deps.sh --test
 # (qemu-system-x86, busybox-static, golang-go). Exits 1 if any kernel fails.
+# KERNEL_MATRIX_PROFILE=debug boots the debug build instead of the release
+# one (scripts/test.sh does, to reuse what `cargo test` built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -91,8 +93,15 @@ fetch_kernel() {
 }
 
 # --- What every guest runs ------------------------------------------------
-log "building taskprof (release)"
-cargo build --release --locked --quiet --bin taskprof
+profile=${KERNEL_MATRIX_PROFILE:-release}
+case $profile in
+release) cargo_profile=(--release) ;;
+debug) cargo_profile=() ;;
+*) echo "kernel-matrix: KERNEL_MATRIX_PROFILE is '$profile'; use release or debug" >&2; exit 2 ;;
+esac
+log "building taskprof ($profile)"
+cargo build "${cargo_profile[@]}" --locked --quiet --bin taskprof
+binary=target/$profile/taskprof
 mkdir -p "$work/guest"
 fixture=$work/guest/qsort_gcc
 gcc -O2 -fomit-frame-pointer -fno-inline-functions-called-once -g \
@@ -105,10 +114,10 @@ build_initramfs() {
     root=$(mktemp -d "$work/root.XXXXXX")
     mkdir -p "$root"/{bin,proc,sys,dev,tmp,run,etc,lib64,lib/x86_64-linux-gnu,modules}
     cp "$(command -v busybox)" "$root/bin/busybox"
-    objcopy --strip-debug target/release/taskprof "$root/bin/taskprof"
+    objcopy --strip-debug "$binary" "$root/bin/taskprof"
     cp "$fixture" "$root/bin/qsort_gcc"
     local lib
-    for lib in $(ldd target/release/taskprof "$fixture" | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
+    for lib in $(ldd "$binary" "$fixture" | awk '/=> \// {print $3} /^\t\/lib64/ {print $1}' | sort -u); do
         cp -L "$lib" "$root$lib"
     done
     # The user-mode network's emulated e1000, a module in Debian's kernels.

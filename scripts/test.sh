@@ -14,4 +14,4 @@ cargo test --locked
 # The oldest kernel of the kernel matrix (Debian 11's 5.10) under qemu:
 # about 4 minutes, plus the release build. The whole matrix is
 # `scripts/kernel-matrix.sh` (README, "The kernel matrix").
-scripts/kernel-matrix.sh bullseye
+KERNEL_MATRIX_PROFILE=debug scripts/kernel-matrix.sh bullseye
