@@ -30,8 +30,14 @@
 //!    CPython churn, each with `--python=on` and `off`; and the share of
 //!    samples naming a Python chain, per CPython version (see python/mod.rs).
 //!
+//! 9. OTLP (`otlp`): for the synthetic host of part 2, the bytes of one
+//!    window as pprof (one gzipped profile per process, what the Pyroscope
+//!    and Parca uploads carry) and as one OTLP request (raw and gzipped),
+//!    and the time to build and encode each; then the agent's steady state
+//!    of part 5 at 19 Hz with `--upload-protocol otlp`.
+//!
 //! `cargo bench --bench taskprof -- processing` runs one part (rss, bpf,
-//! startup, processing, agent, unwind, completeness, python).
+//! startup, processing, agent, unwind, completeness, python, otlp).
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -84,7 +90,7 @@ fn main() {
     }
     if wanted("agent") {
         for frequency in [19, 99] {
-            agent_steady_state(frequency);
+            agent_steady_state(frequency, "pyroscope");
         }
     }
     if wanted("unwind") {
@@ -97,6 +103,10 @@ fn main() {
     }
     if wanted("python") {
         python::run();
+    }
+    if wanted("otlp") {
+        otlp_window_encoding();
+        agent_steady_state(19, "otlp");
     }
     println!(
         "| benchmark process peak RSS | {:.1} MiB |",
@@ -327,6 +337,94 @@ fn processing_synthetic_host() {
     drop(host);
 }
 
+/// One window of the synthetic host, encoded as the pprof protocols send it
+/// (a gzipped profile per process) and as one OTLP request (a resource per
+/// process, one dictionary): bytes and build-and-encode time, median of 5
+/// after a warm-up that also warms the symbol cache.
+fn otlp_window_encoding() {
+    use prost::Message as _;
+    use taskprof::otlp::{build_window, export_request, AttributeValue, ResourceInput};
+
+    let host = spawn_host();
+    std::thread::sleep(Duration::from_millis(300)); // let them reach their main loops
+    let mut processes = ProcessTable::new();
+    let raw = synthetic_samples(&host, &mut processes);
+    let mut symbolizer = Symbolizer::new();
+    let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer, None);
+    drop(host);
+    let mut by_process: std::collections::BTreeMap<u32, Vec<_>> = std::collections::BTreeMap::new();
+    for sample in samples {
+        by_process.entry(sample.pid).or_default().push(sample);
+    }
+    let meta = ProfileMeta {
+        frequency_hz: 19,
+        start: SystemTime::now(),
+        duration: Duration::from_secs(10),
+        sample_labels: SampleLabels::ThreadName,
+    };
+    let median = |mut runs: Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let mut pprof_runs = Vec::new();
+    let (mut pprof_raw, mut pprof_gz) = (0, 0);
+    for _ in 0..6 {
+        let started = Instant::now();
+        let (mut raw_bytes, mut gz_bytes) = (0, 0);
+        for samples in by_process.values() {
+            let profile = build_profile(samples, &meta);
+            raw_bytes += profile.encoded_len();
+            gz_bytes += encode_gzip(&profile).expect("encode").len();
+        }
+        pprof_runs.push(started.elapsed());
+        (pprof_raw, pprof_gz) = (raw_bytes, gz_bytes);
+    }
+    let mut otlp_runs = Vec::new();
+    let (mut otlp_raw, mut otlp_gz) = (0, 0);
+    for _ in 0..6 {
+        let started = Instant::now();
+        let inputs: Vec<ResourceInput> = by_process
+            .iter()
+            .map(|(pid, samples)| ResourceInput {
+                attributes: vec![
+                    (
+                        "service.name".to_string(),
+                        AttributeValue::Text(samples[0].process_name.clone()),
+                    ),
+                    ("process.pid".to_string(), AttributeValue::Int(i64::from(*pid))),
+                ],
+                samples,
+            })
+            .collect();
+        let window = build_window(&inputs, &meta);
+        let parts: Vec<Vec<u8>> = window.resources.iter().map(|r| r.encode_to_vec()).collect();
+        let dictionary = window.dictionary.encode_to_vec();
+        let request = export_request(parts.iter().map(Vec::as_slice), &dictionary);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&request).expect("gzip");
+        let gz = encoder.finish().expect("gzip");
+        otlp_runs.push(started.elapsed());
+        (otlp_raw, otlp_gz) = (request.len(), gz.len());
+    }
+    // The first run of each warmed caches and allocator; leave it out.
+    let (pprof_time, otlp_time) = (median(pprof_runs[1..].to_vec()), median(otlp_runs[1..].to_vec()));
+    let processes = by_process.len();
+    println!(
+        "| one window of {processes} processes / {STACKS} stacks as pprof, a profile per process: bytes raw / gzipped, build+encode+gzip (median of 5) | \
+         {} KiB / {} KiB, {:.0} ms |",
+        pprof_raw / 1024,
+        pprof_gz / 1024,
+        pprof_time.as_secs_f64() * 1e3
+    );
+    println!(
+        "| the same window as one OTLP request, a resource per process: bytes raw / gzipped, build+encode+gzip (median of 5) | \
+         {} KiB / {} KiB, {:.0} ms |",
+        otlp_raw / 1024,
+        otlp_gz / 1024,
+        otlp_time.as_secs_f64() * 1e3
+    );
+}
+
 fn max_rss_kib(who: libc::c_int) -> i64 {
     // SAFETY: getrusage fills the zeroed struct we pass.
     unsafe {
@@ -437,7 +535,7 @@ fn process_rss_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-fn agent_steady_state(frequency: u64) {
+fn agent_steady_state(frequency: u64, protocol: &str) {
     let seconds: u64 = std::env::var("TASKPROF_BENCH_AGENT_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -447,12 +545,12 @@ fn agent_steady_state(frequency: u64) {
     std::fs::write(sysctl, "1").expect("enable kernel.bpf_stats_enabled");
     let dir = tempfile::tempdir().expect("temp dir");
     let spool = dir.path().join("spool");
-    let (receiver, received) = pyroscope_sink();
+    let (receiver, received) = accepting_sink();
     let mut agent = Host(vec![Command::new(env!("CARGO_BIN_EXE_taskprof"))
         .args([
             "agent",
             "--upload-protocol",
-            "pyroscope",
+            protocol,
             "--window",
             "10s",
             "--metrics-address",
@@ -499,20 +597,22 @@ fn agent_steady_state(frequency: u64) {
     let (user_share, bpf_share, rss0, rss1) = (usage.user, usage.bpf, usage.rss_before, usage.rss_after);
     let cpus = taskprof::bpf::online_cpu_count().unwrap_or(1) as f64;
     println!(
-        "| agent at {frequency} Hz, {seconds} s, 2 busy CPUs, {spawned} processes churned: CPU s per wall s (user+sys / BPF) | \
+        "| agent ({protocol}) at {frequency} Hz, {seconds} s, 2 busy CPUs, {spawned} processes churned: CPU s per wall s (user+sys / BPF) | \
          {:.5} ({:.5} / {:.5}) = {:.3}% of the host's CPU |",
         user_share + bpf_share,
         user_share,
         bpf_share,
         100.0 * (user_share + bpf_share) / cpus
     );
-    println!("| agent at {frequency} Hz: RSS after 15 s / after {seconds} s more | {rss0:.1} MiB / {rss1:.1} MiB |");
+    println!(
+        "| agent ({protocol}) at {frequency} Hz: RSS after 15 s / after {seconds} s more | {rss0:.1} MiB / {rss1:.1} MiB |"
+    );
 }
 
 /// A loopback HTTP server that accepts every Pyroscope ingest, so the agent
 /// is measured uploading as it would in production. Returns its address and
 /// a count of requests.
-fn pyroscope_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+fn accepting_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
     let addr = listener.local_addr().expect("receiver address");
@@ -525,18 +625,17 @@ fn pyroscope_sink() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>)
             .expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let app = axum::Router::new().route(
-                "/ingest",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    let seen = Arc::clone(&seen);
-                    async move {
-                        if !body.is_empty() {
-                            seen.fetch_add(1, Ordering::Relaxed);
-                        }
-                        "ok"
+            // Pyroscope's `/ingest` and OTLP's `/v1development/profiles`
+            // alike: both take any non-empty body with a 200.
+            let app = axum::Router::new().fallback(axum::routing::post(move |body: axum::body::Bytes| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    if !body.is_empty() {
+                        seen.fetch_add(1, Ordering::Relaxed);
                     }
-                }),
-            );
+                    ""
+                }
+            }));
             let _ = axum::serve(listener, app).await;
         });
     });

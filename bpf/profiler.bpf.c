@@ -38,6 +38,9 @@ const volatile bool have_task_pt_regs = true;
  * the stack's size, for kernels without bpf_task_pt_regs. */
 const volatile __u32 task_stack_offset = 0;
 const volatile __u32 task_stack_size = 16384;
+/* Keep samples of the idle task (pid 0) in the counts map (--include-idle);
+ * else they are only counted. */
+const volatile bool include_idle = false;
 
 /* Written by userspace through the mmapped .bss at window boundaries. */
 volatile __u32 generation = 0;
@@ -797,6 +800,13 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 		return 0;
 
 	stat_inc(gen, STAT_SAMPLES);
+	/* A CPU with nothing to run samples its idle task (pid 0). That is no
+	 * CPU work, and on a quiet host it is nearly every sample: count it
+	 * and stop here, before any stack is walked or map entry made. */
+	if (key.pid == 0 && !include_idle) {
+		stat_inc(gen, STAT_IDLE);
+		return 0;
+	}
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.incarnation = incarnation_of(key.tgid, gen);
 	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation, bounded);

@@ -77,7 +77,8 @@ enum stack_status {
 /* Indexes of the per-CPU `stats` array, per generation: the slot of stat
  * S in generation G is G * STAT_MAX + S. */
 enum stat_index {
-	/* Every sample the program accepted (after the pid filter). */
+	/* Every sample the program accepted (after the pid filter): the
+	 * samples in the counts map plus STAT_IDLE plus the two losses. */
 	STAT_SAMPLES = 0,
 	/* Samples dropped because the counts map was full. */
 	STAT_LOST_COUNTS_FULL = 1,
@@ -104,7 +105,10 @@ enum stat_index {
 	STAT_PYTHON_WALKED = 14,
 	/* Python walks that stopped early (depth, unreadable memory). */
 	STAT_PYTHON_INCOMPLETE = 15,
-	STAT_MAX = 16,
+	/* Samples of the idle task (pid 0) left out of the profile: counted
+	 * in STAT_SAMPLES too, but nothing else is done for them. */
+	STAT_IDLE = 16,
+	STAT_MAX = 17,
 };
 
 /*

@@ -4,11 +4,14 @@
 # sudo available).
 #   scripts/install-deps.sh          build dependencies
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
-#                                    the unwinding tests' compilers, perf and workloads)
+#                                    the unwinding tests' compilers, perf and workloads,
+#                                    and PyPI's opentelemetry-proto in target/otlp-venv)
+#   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
+#                                    for benches/peers.sh
 set -euo pipefail
 
 packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc libc6-dev linux-libc-dev)
-if [[ "${1:-}" == "--test" ]]; then
+if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     # golang-go: `go tool pprof` reads the profiles.
     # g++ (and libstdc++, which clang++ uses too), binutils (objdump): build
     #   and check the fixtures without frame pointers (tests/integration/profile_unwind.rs).
@@ -25,6 +28,11 @@ if [[ "${1:-}" == "--test" ]]; then
     #   Debian's kernels (5.10 and up) with an initramfs around the binary.
     packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev
         qemu-system-x86 busybox-static cpio)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+    # benches/peers.sh: bpftrace is the other BPF profiler it compares
+    # with; bc does its arithmetic; time (GNU) measures peak RSS.
+    packages+=(bpftrace bc time)
 fi
 
 missing=()
@@ -44,6 +52,20 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    # PyPI's opentelemetry-proto: the reference OTLP classes, a second
+    # decoder for the agent's OTLP requests (tests/integration/agent_otlp.rs),
+    # pinned, in a venv under target/.
+    otlp_proto=1.45.2
+    venv="$(dirname "$0")/../target/otlp-venv"
+    if [[ "$("$venv/bin/python3" -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))' 2>/dev/null)" != "$otlp_proto" ]]; then
+        echo "install-deps: installing opentelemetry-proto $otlp_proto into target/otlp-venv" >&2
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-proto==$otlp_proto"
+    fi
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -7,7 +7,7 @@
 # What is checked:
 #   - every resource file of deploy/kubernetes/base on its own, so an error
 #     names the file it is in;
-#   - what each kustomization renders (deploy/kubernetes, parca/,
+#   - what each kustomization renders (deploy/kubernetes, parca/, otlp/,
 #     privileged/), so the overlays are checked as the cluster would get
 #     them. Their patch files are partial resources and kustomization.yaml
 #     is not a resource, so those are only checked through the rendering.
@@ -80,7 +80,7 @@ done
 
 rendered=target/manifests
 mkdir -p "$rendered"
-for dir in deploy/kubernetes deploy/kubernetes/parca deploy/kubernetes/privileged; do
+for dir in deploy/kubernetes deploy/kubernetes/parca deploy/kubernetes/otlp deploy/kubernetes/privileged; do
     out="$rendered/$(echo "${dir#deploy/}" | tr / -).yaml"
     "$kubectl" kustomize "$dir" >"$out"
     validate "$out"

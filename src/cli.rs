@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::logging::LogFormat;
 use crate::agent::settings;
-use crate::upload::Protocol;
+use crate::upload::{Compression, Protocol};
 
 /// taskprof: a CPU profiler for Linux built on BPF.
 #[derive(Debug, Parser)]
@@ -126,6 +126,11 @@ pub struct ProfileArgs {
     /// leave their stacks native (`off`).
     #[arg(long, value_enum, default_value = "on")]
     pub python: SwitchArg,
+
+    /// Keep the samples of idle CPUs (the idle task, pid 0, shown as
+    /// `swapper`), as perf does. By default they are counted but left out.
+    #[arg(long)]
+    pub include_idle: bool,
 }
 
 /// A feature turned on or off.
@@ -188,6 +193,10 @@ pub struct AgentArgs {
     #[arg(long = settings::PYTHON.flag, value_name = "SWITCH", value_parser = parse_switch, help = settings::PYTHON.help_text())]
     pub python: Option<SwitchArg>,
 
+    /// See [`settings::INCLUDE_IDLE`].
+    #[arg(long = settings::INCLUDE_IDLE.flag, help = settings::INCLUDE_IDLE.help_text())]
+    pub include_idle: bool,
+
     /// Kubernetes metadata and filters.
     #[command(flatten)]
     pub kubernetes: KubernetesArgs,
@@ -220,6 +229,10 @@ pub struct UploadArgs {
     /// See [`settings::UPLOAD_PROTOCOL`].
     #[arg(long = settings::UPLOAD_PROTOCOL.flag, value_name = "PROTOCOL", value_parser = parse_protocol, help = settings::UPLOAD_PROTOCOL.help_text())]
     pub upload_protocol: Option<Protocol>,
+
+    /// See [`settings::UPLOAD_COMPRESSION`].
+    #[arg(long = settings::UPLOAD_COMPRESSION.flag, value_name = "COMPRESSION", value_parser = parse_compression, help = settings::UPLOAD_COMPRESSION.help_text())]
+    pub upload_compression: Option<Compression>,
 
     /// See [`settings::UPLOAD_TIMEOUT`].
     #[arg(long = settings::UPLOAD_TIMEOUT.flag, value_name = "DURATION", value_parser = parse_duration, help = settings::UPLOAD_TIMEOUT.help_text())]
@@ -423,13 +436,26 @@ pub(crate) fn parse_pid(text: &str) -> Result<u32, String> {
     text.trim().parse().map_err(|_| format!("`{text}` is not a process id"))
 }
 
+/// A request body compression.
+pub(crate) fn parse_compression(text: &str) -> Result<Compression, String> {
+    match text {
+        "gzip" => Ok(Compression::Gzip),
+        "none" => Ok(Compression::None),
+        _ => Err(format!("unknown compression `{text}`; use gzip or none")),
+    }
+}
+
 /// A backend protocol.
 pub(crate) fn parse_protocol(text: &str) -> Result<Protocol, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "pyroscope" => Ok(Protocol::Pyroscope),
         "parca" => Ok(Protocol::Parca),
         "file" => Ok(Protocol::File),
-        _ => Err(format!("unknown protocol `{text}`; use pyroscope, parca or file")),
+        "otlp" => Ok(Protocol::Otlp),
+        "otlp-grpc" => Ok(Protocol::OtlpGrpc),
+        _ => Err(format!(
+            "unknown protocol `{text}`; use pyroscope, parca, otlp, otlp-grpc or file"
+        )),
     }
 }
 
@@ -657,7 +683,8 @@ mod tests {
         for (bad, flag) in [
             (&["--frequency", "0"][..], "--frequency"),
             (&["--window", "500ms"], "--window"),
-            (&["--upload-protocol", "otlp"], "--upload-protocol"),
+            (&["--upload-protocol", "otlp-http"], "--upload-protocol"),
+            (&["--upload-compression", "zstd"], "--upload-compression"),
             (&["--upload-concurrency", "65"], "--upload-concurrency"),
             (&["--label", "1x=y"], "--label"),
             (&["--label", "pid=7"], "--label"),
@@ -669,8 +696,10 @@ mod tests {
             assert_eq!(err.exit_code(), 2, "{bad:?}");
             assert!(err.to_string().contains(flag), "{bad:?}: {err}");
         }
-        let err = parse_agent(&["--upload-protocol", "otlp"]).unwrap_err().to_string();
-        assert!(err.contains("pyroscope, parca or file"), "{err}");
+        let err = parse_agent(&["--upload-protocol", "otlp-http"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pyroscope, parca, otlp, otlp-grpc or file"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! that let BPF walk user stacks without frame pointers; [`process`]
 //! captures each process's mappings and files while it lives; [`symbolize`]
 //! turns addresses into functions, files and lines and joins them with the
-//! samples; [`pprof`] builds profiles, folded stacks and flame graphs; and
+//! samples; [`pprof`] builds profiles, folded stacks and flame graphs, and
+//! [`otlp`] the same windows as OpenTelemetry profiles; and
 //! `upload` delivers them (with retries and a spool), labelled by
 //! [`kubernetes`] metadata where there is some. A `session` (one loaded
 //! sampler, the processes it saw and their unwind tables) is what the two
@@ -20,6 +21,7 @@ pub mod bpf;
 pub mod cli;
 pub mod kubernetes;
 pub mod oneshot;
+pub mod otlp;
 pub mod pprof;
 pub mod process;
 pub mod python;

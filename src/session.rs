@@ -39,6 +39,9 @@ pub struct SamplingSettings {
     pub unwind_table_memory: Option<u64>,
     /// Walk and name the Python frames of CPython processes.
     pub python: bool,
+    /// Keep the idle task's samples in profiles; else they are only
+    /// counted ([`crate::bpf::SampleStats::idle`]).
+    pub include_idle: bool,
 }
 
 /// What a mode decides about the processes a session sees. The defaults
@@ -93,6 +96,7 @@ impl Session {
         config.verifier_log = settings.verifier_log;
         config.table_unwind = settings.unwind_table_memory.is_some();
         config.forced = Forced::from_env()?;
+        config.include_idle = settings.include_idle;
         let mut notes = Vec::new();
         if settings.python {
             match (task_fsbase_offset(), pthread_specific_offset()) {

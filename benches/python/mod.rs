@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::{common, measure_usage, process_cpu_seconds, pyroscope_sink, Host};
+use super::{accepting_sink, common, measure_usage, process_cpu_seconds, Host};
 
 /// The integration tests' chain (tests/fixtures/python/chain.py):
 /// serve() → handle_request() → leaf_hash(), for argv[1] seconds.
@@ -321,7 +321,7 @@ struct Agent {
 impl Agent {
     /// `pids`: only these processes (all when empty).
     fn start(frequency: u64, mode: &str, spool: &Path, pids: &[u32]) -> Agent {
-        let (receiver, received) = pyroscope_sink();
+        let (receiver, received) = accepting_sink();
         let mut command = Command::new(env!("CARGO_BIN_EXE_taskprof"));
         if !pids.is_empty() {
             let list: Vec<String> = pids.iter().map(u32::to_string).collect();

@@ -68,6 +68,8 @@ pub struct AgentSampling {
     pub unwind_table_memory: Option<u64>,
     /// Walk and name Python frames.
     pub python: bool,
+    /// Keep the idle task's samples in the profiles.
+    pub include_idle: bool,
 }
 
 /// Upload, spool and shutdown settings.
@@ -211,6 +213,7 @@ impl AgentConfig {
             verifier_log: sampling.verifier_log,
             unwind_table_memory: sampling.unwind_table_memory,
             python: sampling.python,
+            include_idle: sampling.include_idle,
         }
     }
 
@@ -230,6 +233,7 @@ impl AgentConfig {
             unwind,
             unwind_table_memory,
             python,
+            include_idle,
             kubernetes: kube,
             upload: up,
             delivery,
@@ -343,6 +347,14 @@ impl AgentConfig {
         )?;
         let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
         let python = sources.pick_or_default(PYTHON, python, file.python, cli::parse_switch)? == cli::SwitchArg::On;
+        let include_idle = sources
+            .pick(
+                INCLUDE_IDLE,
+                include_idle.then_some(true),
+                file.include_idle,
+                cli::parse_bool,
+            )?
+            .is_some_and(|s| s.value);
 
         Ok(AgentConfig {
             sampling: AgentSampling {
@@ -353,6 +365,7 @@ impl AgentConfig {
                 debug_info,
                 unwind_table_memory,
                 python,
+                include_idle,
             },
             delivery: DeliveryConfig {
                 upload,
@@ -718,6 +731,8 @@ impl Sources<'_> {
                         Protocol::Pyroscope => "http://pyroscope:4040",
                         Protocol::Parca => "http://parca:7070",
                         Protocol::File => "/var/lib/taskprof/profiles",
+                        Protocol::Otlp => "http://otel-collector:4318",
+                        Protocol::OtlpGrpc => "http://otel-collector:4317",
                     },
                     UPLOAD_URL.env(),
                     UPLOAD_URL.yaml
@@ -725,7 +740,7 @@ impl Sources<'_> {
             })?;
         let url = match protocol {
             Protocol::File => file_url(&url.value),
-            Protocol::Pyroscope | Protocol::Parca => http_url(&url.value),
+            Protocol::Pyroscope | Protocol::Parca | Protocol::Otlp | Protocol::OtlpGrpc => http_url(&url.value),
         }
         .map_err(|reason| UPLOAD_URL.invalid(&url.origin, reason))?;
 
@@ -754,6 +769,27 @@ impl Sources<'_> {
             None => None,
         };
 
+        let insecure = self.pick(
+            TLS_INSECURE_SKIP_VERIFY,
+            up.tls_insecure_skip_verify.then_some(true),
+            file.tls_insecure_skip_verify.take(),
+            cli::parse_bool,
+        )?;
+        let tls_insecure_skip_verify = match insecure {
+            // tonic's TLS has no switch to skip verification, and a silent
+            // fallback to verifying would surprise whoever asked.
+            Some(flag) if flag.value && protocol == Protocol::OtlpGrpc => {
+                return Err(TLS_INSECURE_SKIP_VERIFY.invalid(
+                    &flag.origin,
+                    "otlp-grpc cannot skip certificate checks; trust the server's CA with \
+                     --tls-ca-file instead"
+                        .to_string(),
+                ))
+            }
+            Some(flag) => flag.value,
+            None => false,
+        };
+
         Ok(UploadConfig {
             protocol,
             url,
@@ -762,6 +798,12 @@ impl Sources<'_> {
                 up.upload_timeout,
                 file.upload_timeout.take(),
                 cli::parse_duration,
+            )?,
+            compression: self.pick_or_default(
+                UPLOAD_COMPRESSION,
+                up.upload_compression,
+                file.upload_compression.take(),
+                cli::parse_compression,
             )?,
             concurrency: self.pick_or_default(
                 UPLOAD_CONCURRENCY,
@@ -791,14 +833,7 @@ impl Sources<'_> {
             )?,
             headers,
             tls_ca_file,
-            tls_insecure_skip_verify: self
-                .pick(
-                    TLS_INSECURE_SKIP_VERIFY,
-                    up.tls_insecure_skip_verify.then_some(true),
-                    file.tls_insecure_skip_verify.take(),
-                    cli::parse_bool,
-                )?
-                .is_some_and(|s| s.value),
+            tls_insecure_skip_verify,
         })
     }
 
@@ -1077,6 +1112,7 @@ struct FileSettings {
     window: Option<Scalar>,
     upload_url: Option<Scalar>,
     upload_protocol: Option<Scalar>,
+    upload_compression: Option<Scalar>,
     upload_timeout: Option<Scalar>,
     upload_concurrency: Option<Scalar>,
     bearer_token_file: Option<Scalar>,
@@ -1102,6 +1138,7 @@ struct FileSettings {
     unwind: Option<Scalar>,
     unwind_table_memory: Option<Scalar>,
     python: Option<Scalar>,
+    include_idle: Option<Scalar>,
     kubernetes: Option<Scalar>,
     kubernetes_api_url: Option<Scalar>,
     kubernetes_token_file: Option<Scalar>,
@@ -1188,6 +1225,22 @@ mod tests {
         assert!(load(&from_file, &[]).unwrap().identity.series_per_process);
         let err = load_err(&URL, &[("TASKPROF_SERIES_PER_PROCESS", "maybe")]);
         assert!(err.contains("TASKPROF_SERIES_PER_PROCESS"), "{err}");
+    }
+
+    #[test]
+    fn include_idle_comes_from_the_flag_the_variable_or_the_file() {
+        let config = load(&URL, &[]).unwrap();
+        assert!(!config.sampling.include_idle);
+        assert!(!config.session_settings().include_idle);
+        let flag = [&URL[..], &["--include-idle"]].concat();
+        assert!(load(&flag, &[]).unwrap().session_settings().include_idle);
+        let env = [("TASKPROF_INCLUDE_IDLE", "true")];
+        assert!(load(&URL, &env).unwrap().sampling.include_idle);
+        let (_file, path) = yaml("include_idle: true\n");
+        let from_file = [&URL[..], &["--config", &path]].concat();
+        assert!(load(&from_file, &[]).unwrap().sampling.include_idle);
+        let err = load_err(&URL, &[("TASKPROF_INCLUDE_IDLE", "maybe")]);
+        assert!(err.contains("TASKPROF_INCLUDE_IDLE"), "{err}");
     }
 
     #[test]
@@ -1410,10 +1463,40 @@ mod tests {
 
     #[test]
     fn unknown_protocol_lists_the_valid_ones() {
-        let err = load_err(&URL, &[("TASKPROF_UPLOAD_PROTOCOL", "otlp")]);
+        let err = load_err(&URL, &[("TASKPROF_UPLOAD_PROTOCOL", "jaeger")]);
         assert!(err.contains("TASKPROF_UPLOAD_PROTOCOL (--upload-protocol)"), "{err}");
         assert!(
-            err.contains("otlp") && err.contains("pyroscope, parca or file"),
+            err.contains("jaeger") && err.contains("pyroscope, parca, otlp, otlp-grpc or file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn otlp_takes_its_compression_from_every_source() {
+        let flags = [
+            "--upload-url",
+            "http://otel-collector:4318",
+            "--upload-protocol",
+            "otlp-grpc",
+        ];
+        let config = load(&flags, &[("TASKPROF_UPLOAD_COMPRESSION", "none")]).expect("valid");
+        assert_eq!(config.delivery.upload.protocol, Protocol::OtlpGrpc);
+        assert_eq!(config.delivery.upload.compression, crate::upload::Compression::None);
+        let file = file_with("upload_protocol: otlp\nupload_compression: none\n");
+        let path = file.path().to_str().unwrap();
+        let config = load(&["--config", path, "--upload-url", "http://c:4318"], &[]).expect("valid");
+        assert_eq!(config.delivery.upload.protocol, Protocol::Otlp);
+        assert_eq!(config.delivery.upload.compression, crate::upload::Compression::None);
+        let defaults = load(&["--upload-url", "http://c:4318", "--upload-protocol", "otlp"], &[]).expect("valid");
+        assert_eq!(defaults.delivery.upload.compression, crate::upload::Compression::Gzip);
+        let err = load_err(&flags, &[("TASKPROF_UPLOAD_COMPRESSION", "zstd")]);
+        assert!(
+            err.contains("TASKPROF_UPLOAD_COMPRESSION") && err.contains("gzip or none"),
+            "{err}"
+        );
+        let err = load_err(&[&flags[..], &["--tls-insecure-skip-verify"]].concat(), &[]);
+        assert!(
+            err.contains("--tls-insecure-skip-verify") && err.contains("--tls-ca-file"),
             "{err}"
         );
     }

@@ -31,8 +31,10 @@ pub struct CauseLabels {
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
-    /// `taskprof_samples_total`: samples taken by BPF.
-    pub samples: Counter,
+    /// `taskprof_samples_total{kind}`: samples taken by BPF, `profiled`
+    /// (meant for the profiles; the lost ones among them are also in
+    /// `taskprof_samples_lost_total`) or `idle` (idle CPUs, left out).
+    pub samples: Family<KindLabels, Counter>,
     /// `taskprof_samples_lost_total{cause}`: samples BPF could not record.
     pub samples_lost: Family<CauseLabels, Counter>,
     /// `taskprof_stacks_lost_total{cause}`: stacks that could not be read or stored.
@@ -48,6 +50,9 @@ pub struct Metrics {
     pub profiles_failed: Counter,
     /// `taskprof_profiles_spooled_total`: profiles written to the on-disk spool.
     pub profiles_spooled: Counter,
+    /// `taskprof_otlp_profiles_rejected_total`: profiles an OTLP backend
+    /// accepted the request of but refused (its `partial_success`).
+    pub otlp_profiles_rejected: Counter,
     /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
     pub spool_evictions: Counter,
     /// `taskprof_spool_bytes`: current size of the spool.
@@ -110,6 +115,13 @@ pub struct VariantLabels {
     pub variant: String,
 }
 
+/// The `kind` label of `taskprof_samples_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabels {
+    /// `profiled` or `idle`.
+    pub kind: String,
+}
+
 /// The `status` label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 pub struct StatusLabels {
@@ -130,13 +142,14 @@ impl Metrics {
         let mut r = Registry::default();
         // Counters are registered without `_total` and units without their
         // suffix: the encoder appends both.
-        Metrics {
+        let metrics = Metrics {
             samples: register(
                 &mut r,
                 "taskprof_samples",
-                "Samples taken by BPF",
+                "Samples taken by BPF, by kind: profiled (meant for the profiles; lost ones are also in \
+                 taskprof_samples_lost_total) or idle (idle CPUs, left out of the profiles)",
                 None,
-                Counter::default(),
+                Family::default(),
             ),
             samples_lost: register(
                 &mut r,
@@ -184,6 +197,13 @@ impl Metrics {
                 &mut r,
                 "taskprof_profiles_spooled",
                 "Profiles written to the on-disk spool",
+                None,
+                Counter::default(),
+            ),
+            otlp_profiles_rejected: register(
+                &mut r,
+                "taskprof_otlp_profiles_rejected",
+                "Profiles an OTLP backend refused in a partial success (the request itself was accepted)",
                 None,
                 Counter::default(),
             ),
@@ -331,13 +351,19 @@ impl Metrics {
                 Gauge::default(),
             ),
             registry: Arc::new(r),
-        }
+        };
+        // Both kinds are exported from the start, so a sum over them is
+        // the samples taken even before the first idle sample.
+        metrics.set_samples_total("profiled", 0);
+        metrics.set_samples_total("idle", 0);
+        metrics
     }
 
-    /// Raises `taskprof_samples_total` to an absolute total read from BPF.
-    /// A total lower than the current value is ignored.
-    pub fn set_samples_total(&self, total: u64) {
-        raise_to(&self.samples, total);
+    /// Raises `taskprof_samples_total{kind}` to an absolute total read
+    /// from BPF. A total lower than the current value is ignored.
+    pub fn set_samples_total(&self, kind: &str, total: u64) {
+        let labels = KindLabels { kind: kind.to_string() };
+        raise_to(&self.samples.get_or_create(&labels), total);
     }
 
     /// Raises `taskprof_samples_lost_total{cause}` to an absolute total.
@@ -451,14 +477,16 @@ mod tests {
     #[test]
     fn encodes_every_metric_with_its_openmetrics_name() {
         let metrics = Metrics::new();
-        metrics.set_samples_total(10);
+        metrics.set_samples_total("profiled", 10);
+        metrics.set_samples_total("idle", 7);
         metrics.set_samples_lost_total("ringbuf_full", 3);
         metrics.add_stacks_lost("map_full", 2);
         metrics.upload_duration.observe(0.01);
         metrics.spool_bytes.set(42);
         let text = metrics.encode();
         for expected in [
-            "taskprof_samples_total 10",
+            "taskprof_samples_total{kind=\"profiled\"} 10",
+            "taskprof_samples_total{kind=\"idle\"} 7",
             "taskprof_samples_lost_total{cause=\"ringbuf_full\"} 3",
             "taskprof_stacks_lost_total{cause=\"map_full\"} 2",
             "taskprof_windows_total 0",
@@ -466,6 +494,7 @@ mod tests {
             "taskprof_profiles_retried_total 0",
             "taskprof_profiles_failed_total 0",
             "taskprof_profiles_spooled_total 0",
+            "taskprof_otlp_profiles_rejected_total 0",
             "taskprof_spool_evictions_total 0",
             "taskprof_spool_bytes 42",
             "taskprof_spool_windows 0",
@@ -487,11 +516,19 @@ mod tests {
     #[test]
     fn absolute_totals_never_move_a_counter_backwards() {
         let metrics = Metrics::new();
-        metrics.set_samples_total(100);
-        metrics.set_samples_total(40);
-        assert_eq!(metrics.samples.get(), 100);
-        metrics.set_samples_total(150);
-        assert_eq!(metrics.samples.get(), 150);
+        let profiled = || {
+            metrics
+                .samples
+                .get_or_create(&KindLabels {
+                    kind: "profiled".into(),
+                })
+                .get()
+        };
+        metrics.set_samples_total("profiled", 100);
+        metrics.set_samples_total("profiled", 40);
+        assert_eq!(profiled(), 100);
+        metrics.set_samples_total("profiled", 150);
+        assert_eq!(profiled(), 150);
     }
 
     #[test]

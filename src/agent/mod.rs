@@ -51,7 +51,11 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
              so anyone on the network path can read or alter profiles and credentials"
         );
     }
-    let uploader = build_uploader(&config.delivery.upload, metrics.clone())?;
+    // Inside the runtime: a gRPC channel's background task is spawned on it.
+    let uploader = {
+        let _guard = runtime.enter();
+        build_uploader(&config.delivery.upload, metrics.clone())?
+    };
     let spool = Spool::open(&config.delivery.spool, metrics.clone())?;
     let options = DeliveryOptions {
         queue_capacity: config.delivery.queue_capacity,
@@ -71,6 +75,9 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         per_process: config.identity.series_per_process,
     };
     let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info);
+    if config.delivery.upload.protocol.is_otlp() {
+        processor = processor.with_otlp();
+    }
     let kube = &config.kubernetes;
     let pods = if kube.enabled {
         let cache = PodCache::new();
@@ -156,6 +163,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         tracing::info!(
             samples = window.stats.samples,
             in_profiles = report.samples,
+            idle = window.stats.idle,
             lost = window.stats.lost(),
             filtered = report.filtered,
             profiles = batch.profiles.len(),
@@ -186,6 +194,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let _ = runtime.block_on(worker);
     tracing::info!(
         samples = totals.samples,
+        idle = totals.idle,
         lost = totals.lost(),
         filtered = filtered_total,
         summary = ?summary,
@@ -205,7 +214,8 @@ fn record_window(
     session: &Session,
 ) {
     metrics.windows.inc();
-    metrics.set_samples_total(totals.samples);
+    metrics.set_samples_total("profiled", totals.samples - totals.idle);
+    metrics.set_samples_total("idle", totals.idle);
     metrics.set_samples_lost_total("counts_map_full", totals.lost_counts_full);
     metrics.set_samples_lost_total("other", totals.lost_other);
     metrics.set_stacks_lost_total("user_stacks_map_full", totals.user_stack_map_full);

@@ -111,6 +111,15 @@ pub const UNWIND_TABLE_MEMORY: Setting = Setting::new(
      back to frame pointers.",
 );
 
+/// `--include-idle`.
+pub const INCLUDE_IDLE: Setting = Setting::new(
+    "include-idle",
+    "include_idle",
+    None,
+    "Keep the samples of idle CPUs (the idle task, pid 0) in the profiles, as perf does. By \
+     default they are only counted, in `taskprof_samples_total{kind=\"idle\"}`.",
+);
+
 /// `--python`.
 pub const PYTHON: Setting = Setting::new(
     "python",
@@ -135,7 +144,15 @@ pub const UPLOAD_PROTOCOL: Setting = Setting::new(
     "upload-protocol",
     "upload_protocol",
     Some("pyroscope"),
-    "Backend protocol: pyroscope, parca or file.",
+    "Backend protocol: pyroscope, parca, otlp (OTLP/HTTP profiles), otlp-grpc or file.",
+);
+/// `--upload-compression`.
+pub const UPLOAD_COMPRESSION: Setting = Setting::new(
+    "upload-compression",
+    "upload_compression",
+    Some("gzip"),
+    "Compression of OTLP request bodies: gzip or none. The pprof protocols always send gzipped \
+     profiles.",
 );
 /// `--upload-timeout`.
 pub const UPLOAD_TIMEOUT: Setting = Setting::new(
@@ -373,8 +390,10 @@ pub const ALL: &[Setting] = &[
     UNWIND,
     UNWIND_TABLE_MEMORY,
     PYTHON,
+    INCLUDE_IDLE,
     UPLOAD_URL,
     UPLOAD_PROTOCOL,
+    UPLOAD_COMPRESSION,
     UPLOAD_TIMEOUT,
     UPLOAD_CONCURRENCY,
     BEARER_TOKEN_FILE,

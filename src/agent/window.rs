@@ -11,17 +11,27 @@
 //! from (`pid`, `process_name`, `thread_name` sample labels). With
 //! `--series-per-process` every process keeps its own profile and a `pid`
 //! series label instead, at the cost of one new series per process.
+//!
+//! For OTLP the window is one request instead: one `ResourceProfiles` per
+//! process incarnation (OTel's resource is the entity that produced the
+//! telemetry, and its semantic conventions put `process.pid` and the
+//! executable on it), all pointing into one shared dictionary. The series
+//! labels still decide `service.name` and the Kubernetes attributes, so a
+//! service is named alike whichever protocol carries it; grouping by
+//! service is left to the receiver.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prost::Message as _;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::agent::containers::{ContainerLabeler, Verdict};
 use crate::bpf::{Truncation, Window};
+use crate::otlp::{build_window, AttributeValue, ResourceInput};
 use crate::pprof::{build_profile, encode_gzip, ProfileMeta, SampleLabels};
-use crate::process::{process_start_time, ProcessInfo, ProcessKey};
+use crate::process::{path_in_root, process_start_time, ProcessInfo, ProcessKey};
 use crate::session::{ProcessFilter, Session};
 use crate::symbolize::samples::Sample;
 use crate::symbolize::Symbolizer;
@@ -70,6 +80,11 @@ pub struct WindowProcessor {
     containers: Option<ContainerLabeler>,
     /// Whether each process is a kernel thread, decided once.
     kernel_threads: HashMap<ProcessKey, bool>,
+    /// Build OTLP windows rather than one pprof per series.
+    otlp: bool,
+    /// Each process's executable path, read when it is first seen (OTLP
+    /// only: `process.executable.path`); `None` when it could not be read.
+    executables: HashMap<ProcessKey, Option<String>>,
 }
 
 /// What a window produced besides its batch.
@@ -99,7 +114,16 @@ impl WindowProcessor {
             last_sequence: 0,
             containers: None,
             kernel_threads: HashMap::default(),
+            otlp: false,
+            executables: HashMap::default(),
         }
+    }
+
+    /// Builds each window as one OTLP request (see the module doc) rather
+    /// than one pprof per series.
+    pub fn with_otlp(mut self) -> WindowProcessor {
+        self.otlp = true;
+        self
     }
 
     /// Adds container and pod labels, and the operator's filters.
@@ -164,22 +188,7 @@ impl WindowProcessor {
             self.last_seen.insert(key, self.windows);
             processes.entry(key).or_default().push(sample);
         }
-        // Series are keyed by their labels, and by the process too when
-        // each process is its own series: an exec inside the window makes
-        // a second incarnation, which keeps its own profile.
-        let mut by_series: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
         let process_count = processes.len();
-        for (key, samples) in processes {
-            let container_labels = match verdicts.get(&key) {
-                Some(Verdict::Keep(labels)) => labels.as_slice(),
-                _ => &[],
-            };
-            let kernel = self.is_kernel_thread(key, session.processes().get(key));
-            let labels = self.series_labels(key.tgid, &samples[0].process_name, kernel, container_labels);
-            let process = self.labels.per_process.then_some(key);
-            by_series.entry((process, labels)).or_default().extend(samples);
-        }
-
         let meta = ProfileMeta {
             frequency_hz: self.frequency_hz,
             start,
@@ -189,6 +198,73 @@ impl WindowProcessor {
                 false => SampleLabels::Process,
             },
         };
+        let (profiles, shared, total) = match self.otlp {
+            true => self.otlp_profiles(session, &verdicts, processes, &meta),
+            false => {
+                let (profiles, total) = self.pprof_profiles(session, &verdicts, processes, &meta);
+                (profiles, Vec::new(), total)
+            }
+        };
+
+        let forgotten = self.forget_finished(session);
+        self.symbolizer.end_window();
+        self.windows += 1;
+        // Strictly increasing, even if two windows end in the same
+        // millisecond: the spool keys windows by sequence.
+        let sequence = sequence_of(end).max(self.last_sequence + 1);
+        self.last_sequence = sequence;
+        let batch = Batch {
+            sequence,
+            start,
+            end,
+            profiles,
+            shared,
+        };
+        (
+            batch,
+            WindowReport {
+                samples: total,
+                filtered,
+                processes: process_count,
+                forgotten,
+            },
+        )
+    }
+
+    /// The series labels of the process `key`, from its first sample's
+    /// process name and its container verdict.
+    fn labels_of(
+        &mut self,
+        session: &Session,
+        verdicts: &BTreeMap<ProcessKey, Verdict>,
+        key: ProcessKey,
+        process_name: &str,
+    ) -> Vec<(String, String)> {
+        let container_labels = match verdicts.get(&key) {
+            Some(Verdict::Keep(labels)) => labels.as_slice(),
+            _ => &[],
+        };
+        let kernel = self.is_kernel_thread(key, session.processes().get(key));
+        self.series_labels(key.tgid, process_name, kernel, container_labels)
+    }
+
+    /// One gzipped pprof per series, and the samples they hold.
+    fn pprof_profiles(
+        &mut self,
+        session: &Session,
+        verdicts: &BTreeMap<ProcessKey, Verdict>,
+        processes: BTreeMap<ProcessKey, Vec<Sample>>,
+        meta: &ProfileMeta,
+    ) -> (Vec<SeriesProfile>, u64) {
+        // Series are keyed by their labels, and by the process too when
+        // each process is its own series: an exec inside the window makes
+        // a second incarnation, which keeps its own profile.
+        let mut by_series: BTreeMap<SeriesKey, Vec<Sample>> = BTreeMap::new();
+        for (key, samples) in processes {
+            let labels = self.labels_of(session, verdicts, key, &samples[0].process_name);
+            let process = self.labels.per_process.then_some(key);
+            by_series.entry((process, labels)).or_default().extend(samples);
+        }
         let mut profiles = Vec::with_capacity(by_series.len());
         let mut total = 0;
         for ((_, labels), samples) in by_series {
@@ -196,8 +272,8 @@ impl WindowProcessor {
             if count == 0 {
                 continue;
             }
-            let profile = build_profile(&samples, &meta);
-            let pprof_gz = match encode_gzip(&profile) {
+            let profile = build_profile(&samples, meta);
+            let payload = match encode_gzip(&profile) {
                 Ok(bytes) => bytes,
                 Err(err) => {
                     // Encoding into memory does not fail in practice; if it
@@ -209,32 +285,78 @@ impl WindowProcessor {
             total += count;
             profiles.push(SeriesProfile {
                 labels,
-                pprof_gz,
+                payload,
                 samples: count,
             });
         }
+        (profiles, total)
+    }
 
-        let forgotten = self.forget_finished(session);
-        self.windows += 1;
-        // Strictly increasing, even if two windows end in the same
-        // millisecond: the spool keys windows by sequence.
-        let sequence = sequence_of(end).max(self.last_sequence + 1);
-        self.last_sequence = sequence;
-        let batch = Batch {
-            sequence,
-            start,
-            end,
-            profiles,
-        };
-        (
-            batch,
-            WindowReport {
-                samples: total,
-                filtered,
-                processes: process_count,
-                forgotten,
-            },
-        )
+    /// The window as OTLP: one encoded `ResourceProfiles` per process, the
+    /// encoded dictionary they share, and the samples they hold.
+    fn otlp_profiles(
+        &mut self,
+        session: &Session,
+        verdicts: &BTreeMap<ProcessKey, Verdict>,
+        processes: BTreeMap<ProcessKey, Vec<Sample>>,
+        meta: &ProfileMeta,
+    ) -> (Vec<SeriesProfile>, Vec<u8>, u64) {
+        let mut described = Vec::with_capacity(processes.len());
+        for (key, samples) in &processes {
+            let count: u64 = samples.iter().map(|s| s.count).sum();
+            if count == 0 {
+                continue;
+            }
+            let process_name = &samples[0].process_name;
+            let mut labels = self.labels_of(session, verdicts, *key, process_name);
+            let executable = self.executable(*key);
+            let mut attribute_labels = labels.clone();
+            // The pod's UID is in its cgroup path; it is no series label
+            // (the pod name already tells pods apart), but OTel names it.
+            let pod_uid = match (labels.iter().any(|(name, _)| name == "pod"), &mut self.containers) {
+                (true, Some(labeler)) => labeler.container(*key).pod_uid.clone(),
+                _ => None,
+            };
+            if let Some(uid) = pod_uid {
+                attribute_labels.push(("pod_uid".to_string(), uid));
+            }
+            let attributes = otel_attributes(&attribute_labels, key.tgid, process_name, executable.as_deref());
+            if !labels.iter().any(|(name, _)| name == "pid") {
+                // For logs and the file protocol; OTLP sends `process.pid`.
+                labels.push(("pid".to_string(), key.tgid.to_string()));
+            }
+            described.push((labels, attributes, count, samples.as_slice()));
+        }
+        let inputs: Vec<ResourceInput> = described
+            .iter()
+            .map(|(_, attributes, _, samples)| ResourceInput {
+                attributes: attributes.clone(),
+                samples,
+            })
+            .collect();
+        let window = build_window(&inputs, meta);
+        let mut total = 0;
+        let profiles = described
+            .iter()
+            .zip(&window.resources)
+            .map(|((labels, _, count, _), resource)| {
+                total += count;
+                SeriesProfile {
+                    labels: labels.clone(),
+                    payload: resource.encode_to_vec(),
+                    samples: *count,
+                }
+            })
+            .collect();
+        (profiles, window.dictionary.encode_to_vec(), total)
+    }
+
+    /// The executable path of `key`, read once while it lives.
+    fn executable(&mut self, key: ProcessKey) -> Option<String> {
+        self.executables
+            .entry(key)
+            .or_insert_with(|| read_executable(Path::new("/proc"), key.tgid))
+            .clone()
     }
 
     /// Series labels: `service_name`, `node`, then `pid` and `comm` with
@@ -337,6 +459,7 @@ impl WindowProcessor {
         for key in &forget {
             session.forget(*key);
             self.kernel_threads.remove(key);
+            self.executables.remove(key);
             self.last_seen.remove(key);
             self.gone.remove(key);
         }
@@ -359,6 +482,11 @@ impl ProcessFilter for WindowProcessor {
         if self.verdict(key) == Verdict::Drop {
             return false;
         }
+        if self.otlp {
+            // Now, while it surely lives: short-lived processes are gone by
+            // the end of the window.
+            self.executable(key);
+        }
         self.last_seen.insert(key, self.windows);
         true
     }
@@ -370,6 +498,70 @@ impl ProcessFilter for WindowProcessor {
     fn has_ended(&self, key: ProcessKey) -> bool {
         self.gone.contains_key(&key)
     }
+}
+
+/// The executable of `tgid` as the process itself sees it: `/proc/PID/exe`,
+/// taken relative to the process's root (see [`path_in_root`]). `None` for
+/// kernel threads and processes already gone.
+fn read_executable(proc_root: &Path, tgid: u32) -> Option<String> {
+    let dir = proc_root.join(tgid.to_string());
+    let exe = std::fs::read_link(dir.join("exe")).ok()?;
+    let root = std::fs::read_link(dir.join("root")).unwrap_or_else(|_| "/".into());
+    Some(format!("/{}", path_in_root(&root, &exe).display()))
+}
+
+/// The OTel resource attributes of one process, from its series labels:
+/// `service.name`, `process.*`, `host.name`, `container.id`, the `k8s.*`
+/// attributes of its pod, and the operator's `--label`s as they are.
+fn otel_attributes(
+    labels: &[(String, String)],
+    pid: u32,
+    process_name: &str,
+    executable: Option<&str>,
+) -> Vec<(String, AttributeValue)> {
+    let text = |value: &str| AttributeValue::Text(value.to_string());
+    let mut attributes = Vec::with_capacity(labels.len() + 4);
+    let executable_name = executable
+        .and_then(|path| path.rsplit('/').next())
+        .filter(|name| !name.is_empty())
+        .unwrap_or(process_name);
+    attributes.push(("process.pid".to_string(), AttributeValue::Int(i64::from(pid))));
+    attributes.push(("process.executable.name".to_string(), text(executable_name)));
+    if let Some(path) = executable {
+        attributes.push(("process.executable.path".to_string(), text(path)));
+    }
+    let in_pod = labels.iter().any(|(name, _)| name == "pod");
+    let workload_kind = labels.iter().find(|(name, _)| name == "workload_kind").map(|(_, v)| v);
+    for (name, value) in labels {
+        let key = match name.as_str() {
+            "service_name" => "service.name".to_string(),
+            "node" => {
+                if in_pod {
+                    attributes.push(("k8s.node.name".to_string(), text(value)));
+                }
+                "host.name".to_string()
+            }
+            "namespace" => "k8s.namespace.name".to_string(),
+            "pod" => "k8s.pod.name".to_string(),
+            "pod_uid" => "k8s.pod.uid".to_string(),
+            "container" => "k8s.container.name".to_string(),
+            "container_id" => "container.id".to_string(),
+            // `k8s.deployment.name`, `k8s.statefulset.name`, ...
+            "workload" => match workload_kind {
+                Some(kind) => format!("k8s.{}.name", kind.to_ascii_lowercase()),
+                None => continue,
+            },
+            "workload_kind" | "comm" | "pid" => continue,
+            other => match other.strip_prefix("pod_label_") {
+                Some(label) => format!("k8s.pod.label.{label}"),
+                None => other.to_string(),
+            },
+        };
+        if !attributes.iter().any(|(existing, _)| *existing == key) {
+            attributes.push((key, text(value)));
+        }
+    }
+    attributes
 }
 
 /// The flags field (9) of a `/proc/PID/stat` line.
@@ -453,6 +645,62 @@ mod tests {
             ("team", "infra"),
         ]);
         assert_eq!(p.series_labels(12, "kworker/0:1", true, &[]), expected);
+    }
+
+    #[test]
+    fn otel_attributes_follow_the_semantic_conventions() {
+        let labels = pairs(&[
+            ("service_name", "web"),
+            ("node", "n1"),
+            ("namespace", "shop"),
+            ("pod", "web-1"),
+            ("container", "app"),
+            ("container_id", "abc"),
+            ("workload_kind", "Deployment"),
+            ("workload", "web"),
+            ("pod_label_tier", "front"),
+            ("team", "infra"),
+        ]);
+        let attributes = otel_attributes(&labels, 42, "nginx: worker", Some("/usr/sbin/nginx"));
+        let text = |v: &str| AttributeValue::Text(v.to_string());
+        let expected = vec![
+            ("process.pid".to_string(), AttributeValue::Int(42)),
+            ("process.executable.name".to_string(), text("nginx")),
+            ("process.executable.path".to_string(), text("/usr/sbin/nginx")),
+            ("service.name".to_string(), text("web")),
+            ("k8s.node.name".to_string(), text("n1")),
+            ("host.name".to_string(), text("n1")),
+            ("k8s.namespace.name".to_string(), text("shop")),
+            ("k8s.pod.name".to_string(), text("web-1")),
+            ("k8s.container.name".to_string(), text("app")),
+            ("container.id".to_string(), text("abc")),
+            ("k8s.deployment.name".to_string(), text("web")),
+            ("k8s.pod.label.tier".to_string(), text("front")),
+            ("team".to_string(), text("infra")),
+        ];
+        assert_eq!(attributes, expected);
+        // On the host: no k8s attributes, the comm stands in for a missing
+        // executable, and `comm` itself is not repeated.
+        let host = otel_attributes(
+            &pairs(&[("service_name", "kernel"), ("node", "n1"), ("comm", "kernel")]),
+            2,
+            "kthreadd",
+            None,
+        );
+        let keys: Vec<&str> = host.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["process.pid", "process.executable.name", "service.name", "host.name"]
+        );
+        assert_eq!(host[1].1, text("kthreadd"));
+    }
+
+    #[test]
+    fn the_executable_is_read_as_the_process_sees_it() {
+        let own = read_executable(Path::new("/proc"), std::process::id()).expect("our own executable");
+        let expected = std::fs::canonicalize(std::env::current_exe().expect("current exe")).expect("canonical");
+        assert_eq!(Path::new(&own), expected);
+        assert_eq!(read_executable(Path::new("/proc"), u32::MAX), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct SamplerConfig {
     pub verifier_log: bool,
     /// Walk user stacks with unwind tables (else frame pointers only).
     pub table_unwind: bool,
+    /// Keep samples of the idle task (pid 0); else they are only counted.
+    pub include_idle: bool,
     /// Where the Python walker finds a thread's `struct pthread` and its
     /// thread-specific values: (offset of the fs base in `task_struct`,
     /// offset of glibc's first block of values). None turns it off.
@@ -65,6 +67,7 @@ impl SamplerConfig {
             counts_map_entries: counts_entries as u32,
             verifier_log: false,
             table_unwind: true,
+            include_idle: false,
             python: None,
             forced: Forced::default(),
         }
@@ -408,6 +411,7 @@ impl Sampler {
             if variant.user_regs == UserRegs::TaskStack {
                 rodata.task_stack_offset = super::python::task_stack_offset().map_err(SamplerError::Kernel)?;
             }
+            rodata.include_idle = config.include_idle;
             if let Some(python) = config.python {
                 rodata.task_fsbase_offset = python.task_fsbase;
                 rodata.pthread_specific_offset = python.pthread_specific;

@@ -26,8 +26,12 @@ use skel::types;
 /// Counters kept by the BPF program, summed over all CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SampleStats {
-    /// Samples the program accepted (after the pid filter).
+    /// Samples the program accepted (after the pid filter): those in the
+    /// counts map, plus [`SampleStats::idle`], plus [`SampleStats::lost`].
     pub samples: u64,
+    /// Samples of the idle task (pid 0) left out of the profile (all of
+    /// them unless `--include-idle`).
+    pub idle: u64,
     /// Samples dropped because the counts map was full.
     pub lost_counts_full: u64,
     /// Samples dropped because the counts map update failed otherwise.
@@ -67,6 +71,7 @@ impl SampleStats {
     /// Adds another window's counters to these.
     pub fn add(&mut self, other: &SampleStats) {
         self.samples += other.samples;
+        self.idle += other.idle;
         self.lost_counts_full += other.lost_counts_full;
         self.lost_other += other.lost_other;
         self.user_stack_map_full += other.user_stack_map_full;
@@ -97,6 +102,7 @@ impl SampleStats {
         let at = |index: types::stat_index| counters.get(index.0 as usize).copied().unwrap_or(0);
         SampleStats {
             samples: at(types::stat_index::STAT_SAMPLES),
+            idle: at(types::stat_index::STAT_IDLE),
             lost_counts_full: at(types::stat_index::STAT_LOST_COUNTS_FULL),
             lost_other: at(types::stat_index::STAT_LOST_OTHER),
             user_stack_map_full: at(types::stat_index::STAT_USER_STACK_MAP_FULL),

@@ -42,6 +42,9 @@ fn bpf_row(row: &crate::unwind::table::Row, base: u64) -> types::unwind_row {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+/// Rows written to a table's map per `bpf_map_update_batch`.
+const ROWS_PER_WRITE: usize = 16384;
+
 fn monotonic_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec it is given.
@@ -52,8 +55,7 @@ fn monotonic_ns() -> u64 {
 impl UnwindMaps for Sampler {
     fn load_table(&mut self, id: u32, table: &UnwindTable) -> Result<(), String> {
         let base = table.base();
-        let rows: Vec<types::unwind_row> = table.rows.iter().map(|row| bpf_row(row, base)).collect();
-        let count = u32::try_from(rows.len()).map_err(|_| "too many rows".to_string())?;
+        let count = u32::try_from(table.rows.len()).map_err(|_| "too many rows".to_string())?;
         let opts = libbpf_sys::bpf_map_create_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_create_opts>() as _,
             map_flags: libbpf_sys::BPF_F_INNER_MAP,
@@ -80,28 +82,39 @@ impl UnwindMaps for Sampler {
         }
         // SAFETY: `fd` was just returned by the kernel and is owned here.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let keys: Vec<u32> = (0..count).collect();
-        let mut written = count;
         let batch = libbpf_sys::bpf_map_batch_opts {
             sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
             ..Default::default()
         };
-        // SAFETY: keys and rows both hold `count` elements of the map's key
-        // and value sizes.
-        let err = unsafe {
-            libbpf_sys::bpf_map_update_batch(
-                fd.as_raw_fd(),
-                keys.as_ptr().cast(),
-                rows.as_ptr().cast(),
-                &mut written,
-                &batch,
-            )
-        };
-        if err != 0 || written != count {
-            return Err(format!(
-                "writing {count} rows: {}",
-                std::io::Error::from_raw_os_error(-err)
-            ));
+        // Written a chunk at a time: a large library's rows in BPF form all
+        // at once would be another 16 bytes per row of taskprof's memory
+        // (18 MiB for librustc_driver) on top of the table itself.
+        let mut keys: Vec<u32> = Vec::with_capacity(ROWS_PER_WRITE);
+        let mut rows: Vec<types::unwind_row> = Vec::with_capacity(ROWS_PER_WRITE);
+        for (chunk_index, chunk) in table.rows.chunks(ROWS_PER_WRITE).enumerate() {
+            let first = (chunk_index * ROWS_PER_WRITE) as u32;
+            keys.clear();
+            keys.extend(first..first + chunk.len() as u32);
+            rows.clear();
+            rows.extend(chunk.iter().map(|row| bpf_row(row, base)));
+            let mut written = chunk.len() as u32;
+            // SAFETY: keys and rows both hold `written` elements of the
+            // map's key and value sizes.
+            let err = unsafe {
+                libbpf_sys::bpf_map_update_batch(
+                    fd.as_raw_fd(),
+                    keys.as_ptr().cast(),
+                    rows.as_ptr().cast(),
+                    &mut written,
+                    &batch,
+                )
+            };
+            if err != 0 || written != chunk.len() as u32 {
+                return Err(format!(
+                    "writing {count} rows: {}",
+                    std::io::Error::from_raw_os_error(-err)
+                ));
+            }
         }
         let value = fd.as_raw_fd().to_ne_bytes();
         self.unwind_tables_map()

@@ -86,6 +86,8 @@ pub struct ProfileConfig {
     pub unwind_table_memory: Option<u64>,
     /// Walk and name Python frames.
     pub python: bool,
+    /// Keep the idle task's samples.
+    pub include_idle: bool,
 }
 
 impl ProfileConfig {
@@ -98,6 +100,7 @@ impl ProfileConfig {
             verifier_log: self.verifier_log,
             unwind_table_memory: self.unwind_table_memory,
             python: self.python,
+            include_idle: self.include_idle,
         }
     }
 
@@ -128,6 +131,7 @@ impl ProfileConfig {
             verifier_log: args.verifier_log,
             unwind_table_memory: (args.unwind == crate::cli::UnwindArg::Dwarf).then_some(args.unwind_table_memory),
             python: args.python == crate::cli::SwitchArg::On,
+            include_idle: args.include_idle,
         })
     }
 }

@@ -14,7 +14,8 @@ use crate::bpf::{SampleStats, Truncation, Window};
 use crate::pprof::{build_profile, encode_gzip, folded_lines, write_flamegraph, ProfileMeta, SampleLabels};
 use crate::session::{AllProcesses, Session};
 use crate::symbolize::samples::symbolize_samples;
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{ParsedFiles, Symbolizer};
+use crate::util::memory::report_stage;
 use config::{OutputFormat, ProfileConfig};
 
 /// What a finished profile contains.
@@ -45,6 +46,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
     let mut session = Session::load(&config.session_settings())?;
     let sampler = session.loaded().describe();
     session.attach()?;
+    report_stage("load and attach");
     let started_at = SystemTime::now();
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
@@ -81,13 +83,17 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         eprint!("\r\x1b[K");
     }
     let processing_started = Instant::now();
+    report_stage("sampling");
 
     session.handle_events(Duration::ZERO, &mut AllProcesses);
     let Window { samples: raw, stats } = session.drain_window()?;
     let (mut processes, mut python) = session.finish();
+    report_stage("drain");
 
     let mut symbolizer = Symbolizer::new();
+    symbolizer.set_parsed_files(ParsedFiles::ReleaseAfterUse);
     let samples = symbolize_samples(&raw, &mut processes, &mut symbolizer, python.as_mut());
+    report_stage("symbolize");
     let meta = ProfileMeta {
         frequency_hz: config.frequency_hz,
         start: started_at,
@@ -108,6 +114,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
             svg
         }
     };
+    report_stage("encode");
     let path = config.output.path().to_path_buf();
     config
         .output
@@ -136,12 +143,13 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         OutputFormat::FlameGraph => format!("open it in a browser: {}", path.display()),
     };
     format!(
-        "taskprof: {} samples from {} processes in {:.1}s{}; lost {} (counts map full {}, other {}); \
+        "taskprof: {} samples from {} processes in {:.1}s{}; idle {}; lost {} (counts map full {}, other {}); \
          stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}{}; wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
         if summary.interrupted { " (interrupted)" } else { "" },
+        s.idle,
         s.lost(),
         s.lost_counts_full,
         s.lost_other,

@@ -1,11 +1,10 @@
 //! Builds a `perftools.profiles.Profile` from symbolized samples.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flate2::read::GzDecoder;
-use flate2::write::GzEncoder;
 use prost::Message;
 
 use super::proto;
@@ -238,9 +237,7 @@ fn sample_labels(which: SampleLabels, sample: &Sample, strings: &mut Strings, ke
 
 /// Serializes and gzips a profile.
 pub fn encode_gzip(profile: &proto::Profile) -> std::io::Result<Vec<u8>> {
-    let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    encoder.write_all(&profile.encode_to_vec())?;
-    encoder.finish()
+    crate::util::gzip(&profile.encode_to_vec())
 }
 
 /// Decodes a gzipped (or plain) profile.

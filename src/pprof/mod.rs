@@ -17,7 +17,7 @@ pub use check::check_profile;
 pub use folded::{folded_lines, write_flamegraph};
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -41,7 +41,9 @@ mod tests {
             .into()
     }
 
-    fn fixture() -> Vec<Sample> {
+    /// Samples of two threads of one process, with inlined, kernel and
+    /// unknown frames; the OTLP tests build from them too.
+    pub(crate) fn fixture() -> Vec<Sample> {
         let app = Arc::new(MappingInfo {
             tgid: 10,
             start: 0x1000,
@@ -97,7 +99,8 @@ mod tests {
         ]
     }
 
-    fn meta() -> ProfileMeta {
+    /// 100 Hz, a 2 s window starting 5 s after the epoch.
+    pub(crate) fn meta() -> ProfileMeta {
         ProfileMeta {
             frequency_hz: 100,
             start: UNIX_EPOCH + Duration::from_secs(5),

@@ -65,9 +65,28 @@ pub fn synthetic_lines(name: impl Into<String>) -> Lines {
     }])
 }
 
+/// How long blazesym's parsed state of a file (symbol tables, DWARF
+/// indexes, the file's mapping) is kept once its addresses are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParsedFiles {
+    /// Released as soon as the file's addresses are named: for one pass
+    /// over all samples (`taskprof profile`), where the memory peak is
+    /// then the largest single file rather than the sum of them all.
+    ReleaseAfterUse,
+    /// Kept while the file is used, and released once it has not been
+    /// for this many windows ([`Symbolizer::end_window`]): for the agent,
+    /// which names the same files window after window.
+    KeepForWindows(u32),
+}
+
 /// Symbolizer with caches for user files and the kernel.
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
+    /// Files whose parsed state blazesym holds, with the window in which
+    /// each was last used.
+    parsed: HashMap<FileKey, (PathBuf, u64)>,
+    parsed_files: ParsedFiles,
+    window: u64,
     user: HashMap<(FileKey, u64), Lines>,
     functions: HashMap<FunctionInfo, Arc<FunctionInfo>>,
     kernel: HashMap<u64, Lines>,
@@ -94,18 +113,11 @@ impl Symbolizer {
     /// it names functions from symbol tables alone, without files, lines or
     /// inlined frames, and its memory does not grow with debug info.
     pub fn with_debug_info(debug_info: bool) -> Symbolizer {
-        let blaze = blazesym::symbolize::Symbolizer::builder()
-            // Files are opened through handles that never change under a
-            // path, and some (of exited processes) cannot be stat'ed again.
-            .enable_auto_reload(false)
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            // Both names are needed: demangled for display, raw for system_name.
-            .enable_demangling(false)
-            .set_debug_dirs(Some([PathBuf::from("/usr/lib/debug"), PathBuf::from("/lib/debug")]))
-            .build();
         Symbolizer {
-            blaze,
+            blaze: new_blaze(),
+            parsed: HashMap::default(),
+            parsed_files: ParsedFiles::KeepForWindows(3),
+            window: 0,
             user: HashMap::default(),
             functions: HashMap::default(),
             kernel: HashMap::default(),
@@ -113,6 +125,46 @@ impl Symbolizer {
             perf_maps: HashMap::default(),
             failures: 0,
             debug_info,
+        }
+    }
+
+    /// Sets how long files stay parsed once used (by default, three
+    /// windows).
+    pub fn set_parsed_files(&mut self, policy: ParsedFiles) {
+        self.parsed_files = policy;
+    }
+
+    /// Ends a window: releases blazesym's state of the files not used for
+    /// the policy's number of windows, and gives the freed heap back to
+    /// the system. The names already found stay cached.
+    pub fn end_window(&mut self) {
+        self.window += 1;
+        let ParsedFiles::KeepForWindows(windows) = self.parsed_files else {
+            return;
+        };
+        let oldest = self.window.saturating_sub(u64::from(windows));
+        let stale: Vec<FileKey> = self
+            .parsed
+            .iter()
+            .filter(|(_, (_, used))| *used < oldest)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in &stale {
+            self.release_parsed(*key);
+        }
+        // Each window's symbolizing and encoding is a burst: without this
+        // glibc keeps the largest burst's pages for good.
+        crate::util::memory::release_free_heap();
+    }
+
+    /// Files whose parsed state is held now.
+    pub fn parsed_files(&self) -> usize {
+        self.parsed.len()
+    }
+
+    fn release_parsed(&mut self, key: FileKey) {
+        if let Some((path, _)) = self.parsed.remove(&key) {
+            let _ = self.blaze.evict(&blazesym::symbolize::evict::Elf::new(path).into());
         }
     }
 
@@ -134,6 +186,7 @@ impl Symbolizer {
             return;
         }
         let path = object.handle_path();
+        self.parsed.insert(key, (path.clone(), self.window));
         let mut elf = Elf::new(path);
         elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
@@ -215,6 +268,13 @@ impl Symbolizer {
             entries.push(((key, *offset), lines));
         }
         self.user.extend(entries);
+        if self.parsed_files == ParsedFiles::ReleaseAfterUse {
+            // A fresh blazesym drops the debug files a file led to as
+            // well, which evicting the file alone would keep cached.
+            self.blaze = new_blaze();
+            self.parsed.clear();
+            crate::util::memory::release_free_heap();
+        }
     }
 
     /// Drops everything cached for files that are about to be closed and for
@@ -225,7 +285,8 @@ impl Symbolizer {
         if !objects.is_empty() {
             let keys: rustc_hash::FxHashSet<FileKey> = objects.iter().map(|(key, _)| *key).collect();
             self.user.retain(|(key, _), _| !keys.contains(key));
-            for (_, path) in objects {
+            for (key, path) in objects {
+                self.parsed.remove(key);
                 let _ = self
                     .blaze
                     .evict(&blazesym::symbolize::evict::Elf::new(path.clone()).into());
@@ -300,6 +361,19 @@ impl Symbolizer {
             line: 0,
         }]))
     }
+}
+
+fn new_blaze() -> blazesym::symbolize::Symbolizer {
+    blazesym::symbolize::Symbolizer::builder()
+        // Files are opened through handles that never change under a
+        // path, and some (of exited processes) cannot be stat'ed again.
+        .enable_auto_reload(false)
+        .enable_code_info(true)
+        .enable_inlined_fns(true)
+        // Both names are needed: demangled for display, raw for system_name.
+        .enable_demangling(false)
+        .set_debug_dirs(Some([PathBuf::from("/usr/lib/debug"), PathBuf::from("/lib/debug")]))
+        .build()
 }
 
 /// One shared `FunctionInfo` per distinct function.

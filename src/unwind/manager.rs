@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
@@ -134,7 +134,11 @@ impl std::fmt::Debug for Source {
 impl Builder {
     fn start() -> Option<Builder> {
         let (requests, inbox) = channel::<(TableKey, Source)>();
-        let (outbox, results) = channel::<Built>();
+        // No queue of finished tables: the builder waits until the last
+        // one is taken before it starts the next, so at most one finished
+        // table waits while the next is built (a large library's table is
+        // tens of MiB until it is loaded).
+        let (outbox, results) = sync_channel::<Built>(0);
         std::thread::Builder::new()
             .name("taskprof-unwind".into())
             .spawn(move || {
@@ -151,6 +155,10 @@ impl Builder {
                         .and_then(|bytes| build_table(&bytes))
                     })
                     .unwrap_or(Err(TableError::NoUnwindInfo));
+                    // The file's bytes and the build's scratch are freed
+                    // by now; give them back rather than keep the largest
+                    // build's pages in this thread's arena.
+                    crate::util::memory::release_free_heap();
                     if outbox.send((key, built, started.elapsed())).is_err() {
                         break;
                     }

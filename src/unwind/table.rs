@@ -142,11 +142,14 @@ pub const SIGNAL_RIP_OFFSET: i64 = 168;
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
-/// Rows of one FDE, and the end of its range.
+/// One FDE's range, and where its rows (its end row included) lie in the
+/// one vector all FDEs' rows are collected into: one allocation per file
+/// instead of one per FDE.
 struct FdeRows {
     start: u64,
     end: u64,
-    rows: Vec<Row>,
+    first: usize,
+    len: usize,
 }
 
 /// Builds the table of an ELF file from its bytes.
@@ -164,13 +167,14 @@ pub fn build_table(data: &[u8]) -> Result<UnwindTable, TableError> {
     }
     let mut cfi_bytes = 0;
     let mut fdes: Vec<FdeRows> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     let eh = elf.section(".eh_frame").filter(|s| !s.file_range.is_empty());
     if let Some(section) = eh {
         let bytes = elf.bytes(section);
         cfi_bytes += bytes.len();
         let eh_bases = bases.clone().set_eh_frame(section.address);
         let eh_frame = EhFrame::new(bytes, LittleEndian);
-        collect_fdes(&eh_frame, &eh_bases, &mut fdes)?;
+        collect_fdes(&eh_frame, &eh_bases, &mut fdes, &mut rows)?;
     }
     let debug = elf
         .section(".debug_frame")
@@ -181,7 +185,7 @@ pub fn build_table(data: &[u8]) -> Result<UnwindTable, TableError> {
         let mut debug_frame = DebugFrame::new(bytes, LittleEndian);
         debug_frame.set_address_size(8);
         let mut from_debug = Vec::new();
-        collect_fdes(&debug_frame, &bases, &mut from_debug)?;
+        collect_fdes(&debug_frame, &bases, &mut from_debug, &mut rows)?;
         // .eh_frame wins where both describe an address.
         let mut covered: Vec<(u64, u64)> = fdes.iter().map(|f| (f.start, f.end)).collect();
         covered.sort_unstable();
@@ -195,24 +199,42 @@ pub fn build_table(data: &[u8]) -> Result<UnwindTable, TableError> {
         return Err(TableError::NoUnwindInfo);
     }
 
-    fdes.sort_by_key(|f| f.start);
     let fde_count = fdes.len();
-    let mut rows: Vec<Row> = Vec::new();
-    for fde in fdes {
-        for row in fde.rows {
-            push_row(&mut rows, row);
+    // Most files list their FDEs in address order: then the rows are
+    // already in order and are merged in place, so a large library
+    // (librustc_driver: 1.4 M rows) needs one copy of its rows, not two.
+    let mut next_first = 0;
+    let in_place = fdes.iter().all(|f| {
+        let follows = f.first == next_first;
+        next_first = f.first + f.len;
+        follows
+    }) && next_first == rows.len()
+        && fdes.windows(2).all(|w| w[0].start <= w[1].start);
+    if in_place {
+        let mut kept = 0;
+        for index in 0..rows.len() {
+            let row = rows[index];
+            while kept > 0 && rows[kept - 1].address >= row.address {
+                kept -= 1;
+            }
+            rows[kept] = row;
+            kept += 1;
         }
-        push_row(
-            &mut rows,
-            Row {
-                address: fde.end,
-                cfa: CfaRule::NoInfo,
-                rbp: RbpRule::Unchanged,
-            },
-        );
+        rows.truncate(kept);
+    } else {
+        fdes.sort_by_key(|f| f.start);
+        let mut sorted = Vec::with_capacity(rows.len());
+        for fde in &fdes {
+            for row in &rows[fde.first..fde.first + fde.len] {
+                push_row(&mut sorted, *row);
+            }
+        }
+        rows = sorted;
     }
+    drop(fdes);
     let rows_before_merge = rows.len();
     rows.dedup_by(|next, previous| next.same_rules(previous));
+    rows.shrink_to_fit();
     if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
         if last.address - first.address > u64::from(u32::MAX) {
             return Err(TableError::TooLarge);
@@ -236,7 +258,14 @@ fn push_row(rows: &mut Vec<Row>, row: Row) {
     rows.push(row);
 }
 
-fn collect_fdes<'a, S>(section: &S, bases: &BaseAddresses, out: &mut Vec<FdeRows>) -> Result<(), TableError>
+/// Appends each FDE's rows, then a row ending its range, to `rows`, and
+/// where they lie to `out`.
+fn collect_fdes<'a, S>(
+    section: &S,
+    bases: &BaseAddresses,
+    out: &mut Vec<FdeRows>,
+    rows: &mut Vec<Row>,
+) -> Result<(), TableError>
 where
     S: UnwindSection<Slice<'a>>,
 {
@@ -255,10 +284,10 @@ where
             continue;
         }
         let signal = fde.is_signal_trampoline();
-        let mut rows = Vec::new();
         let Ok(mut table) = fde.rows(section, bases, &mut context) else {
             continue;
         };
+        let first = rows.len();
         loop {
             match table.next_row() {
                 Ok(Some(row)) => rows.push(convert_row(section, row, signal)),
@@ -266,7 +295,10 @@ where
                 Err(_) => {
                     // Keep the rows decoded so far; the rest of the range
                     // is not understood.
-                    let address = rows.last().map(|r: &Row| r.address.saturating_add(1)).unwrap_or(start);
+                    let address = match rows.len() > first {
+                        true => rows[rows.len() - 1].address.saturating_add(1),
+                        false => start,
+                    };
                     rows.push(Row {
                         address,
                         cfa: CfaRule::Unsupported,
@@ -276,7 +308,17 @@ where
                 }
             }
         }
-        out.push(FdeRows { start, end, rows });
+        rows.push(Row {
+            address: end,
+            cfa: CfaRule::NoInfo,
+            rbp: RbpRule::Unchanged,
+        });
+        out.push(FdeRows {
+            start,
+            end,
+            first,
+            len: rows.len() - first,
+        });
     }
     Ok(())
 }

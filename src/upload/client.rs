@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use url::Url;
 
 use super::{truncate_message, Auth, SetupError, UploadConfig, UploadError};
@@ -18,7 +18,7 @@ use crate::agent::metrics::Metrics;
 use crate::util::{error_chain, redacted};
 
 /// The `User-Agent` of every request.
-const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("taskprof/", env!("CARGO_PKG_VERSION"));
 
 /// Longest `Retry-After` honoured; a server asking for more is probably
 /// misconfigured, and the spool keeps the data meanwhile anyway.
@@ -70,7 +70,7 @@ pub fn http_client(config: &UploadConfig) -> Result<reqwest::Client, SetupError>
 
 /// The credentials and custom headers, every value marked sensitive so that
 /// the HTTP stack never prints it.
-fn default_headers(config: &UploadConfig) -> Result<HeaderMap, SetupError> {
+pub(crate) fn default_headers(config: &UploadConfig) -> Result<HeaderMap, SetupError> {
     let mut headers = HeaderMap::new();
     let authorization = match &config.auth {
         Auth::None => None,
@@ -129,8 +129,8 @@ pub(crate) fn join_endpoint(base: &Url, segments: &[&str], protocol: &'static st
     Ok(endpoint)
 }
 
-/// POSTs `body` to `url` and classifies the outcome. The request's duration
-/// goes to `taskprof_upload_duration_seconds` whatever the outcome.
+/// POSTs `body` to `url` and classifies the outcome with
+/// [`classify_status`].
 pub(crate) async fn post(
     client: &reqwest::Client,
     url: Url,
@@ -138,16 +138,64 @@ pub(crate) async fn post(
     body: Vec<u8>,
     metrics: &Metrics,
 ) -> Result<(), UploadError> {
+    let request = Request {
+        content_type,
+        content_encoding: None,
+        body,
+    };
+    post_with(client, url, request, metrics, |answer| {
+        let message = String::from_utf8_lossy(&answer.body);
+        classify_status(
+            answer.status,
+            answer.retry_after.as_deref(),
+            &message,
+            SystemTime::now(),
+        )
+    })
+    .await
+}
+
+/// One request body and how it is encoded.
+pub(crate) struct Request {
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// `Content-Encoding`, if the body is compressed.
+    pub content_encoding: Option<&'static str>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// What the server answered.
+pub(crate) struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The `Retry-After` header, as sent.
+    pub retry_after: Option<String>,
+    /// The start of the body (a few KiB at most).
+    pub body: Vec<u8>,
+}
+
+/// POSTs `request` to `url` and lets `classify` judge the answer; transport
+/// failures are judged by [`transport_error`]. The request's duration goes
+/// to `taskprof_upload_duration_seconds` whatever the outcome.
+pub(crate) async fn post_with<T>(
+    client: &reqwest::Client,
+    url: Url,
+    request: Request,
+    metrics: &Metrics,
+    classify: impl FnOnce(Answer) -> Result<T, UploadError>,
+) -> Result<T, UploadError> {
     let shown = redacted(&url);
     let started = Instant::now();
     let outcome = async {
-        let response = client
+        let mut builder = client
             .post(url)
-            .header(CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|err| transport_error(err, &shown))?;
+            .header(CONTENT_TYPE, request.content_type)
+            .body(request.body);
+        if let Some(encoding) = request.content_encoding {
+            builder = builder.header(CONTENT_ENCODING, encoding);
+        }
+        let response = builder.send().await.map_err(|err| transport_error(err, &shown))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -155,21 +203,25 @@ pub(crate) async fn post(
             .and_then(|value| value.to_str().ok())
             .map(str::to_string);
         // Reading the body lets the connection be reused; only its start
-        // matters, as the message of an error.
-        let message = read_prefix(response, super::MAX_MESSAGE_BYTES * 4).await;
-        classify_status(status, retry_after.as_deref(), &message, SystemTime::now())
+        // matters, as the message of an error or a partial success.
+        let body = read_prefix(response, super::MAX_MESSAGE_BYTES * 4).await;
+        classify(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
     .await;
     metrics.upload_duration.observe(started.elapsed().as_secs_f64());
     match &outcome {
-        Ok(()) => tracing::debug!(url = %shown, "upload accepted"),
+        Ok(_) => tracing::debug!(url = %shown, "upload accepted"),
         Err(err) => tracing::debug!(url = %shown, error = %err, "upload failed"),
     }
     outcome
 }
 
-/// Up to `limit` bytes of the response body, as text.
-async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
+/// Up to `limit` bytes of the response body.
+async fn read_prefix(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
     while bytes.len() < limit {
         match response.chunk().await {
@@ -178,7 +230,7 @@ async fn read_prefix(mut response: reqwest::Response, limit: usize) -> String {
         }
     }
     bytes.truncate(limit);
-    String::from_utf8_lossy(&bytes).into_owned()
+    bytes
 }
 
 /// Decides what an HTTP status means for the profile: 2xx delivered; 408,

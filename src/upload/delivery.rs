@@ -367,6 +367,7 @@ impl Worker {
             start,
             end,
             profiles,
+            shared,
         } = batch;
         let count = profiles.len();
         let mut rest = Batch {
@@ -374,6 +375,7 @@ impl Worker {
             start,
             end,
             profiles: Vec::new(),
+            shared: Vec::new(),
         };
         if count == 0 {
             return rest;
@@ -386,6 +388,7 @@ impl Worker {
             start,
             end,
             profiles,
+            shared,
         };
         let span = tracing::info_span!("deliver", sequence, protocol = self.uploader.name(), profiles = count);
         let results = {
@@ -435,6 +438,8 @@ impl Worker {
                 }
             }
         }
+        // What is left still refers to the window's shared bytes.
+        rest.shared = window.shared;
         if rest.profiles.is_empty() {
             self.backoff.reset();
             self.last_failed = None;
@@ -650,10 +655,11 @@ mod tests {
                         ("service_name".to_string(), "svc".to_string()),
                         ("id".to_string(), format!("{sequence}-{i}")),
                     ],
-                    pprof_gz: vec![7; 64],
+                    payload: vec![7; 64],
                     samples: 1,
                 })
                 .collect(),
+            shared: Vec::new(),
         }
     }
 

@@ -97,7 +97,7 @@ fn write_profile(
     })?;
     for (path, bytes) in [
         (dir.join(format!("{base}.labels.json")), json.as_slice()),
-        (dir.join(format!("{base}.pb.gz")), profile.pprof_gz.as_slice()),
+        (dir.join(format!("{base}.pb.gz")), profile.payload.as_slice()),
     ] {
         // A full or read-only disk may be fixed while the agent runs.
         write_atomically(&path, bytes)
@@ -151,6 +151,7 @@ mod tests {
             start: UNIX_EPOCH + Duration::from_secs(10),
             end: UNIX_EPOCH + Duration::from_secs(20),
             profiles: profiles.clone(),
+            shared: Vec::new(),
         };
         assert_eq!(uploader.send(&profiles, &batch).await, vec![Ok(()), Ok(())]);
 

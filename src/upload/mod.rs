@@ -9,13 +9,17 @@
 //! - the worker started by [`Delivery::start`] sends batches strictly in
 //!   sequence order, retries what failed with backoff, and spools what it
 //!   cannot deliver within the retry budget;
-//! - an [`Uploader`] speaks one protocol: Pyroscope, Parca or a directory.
+//! - an [`Uploader`] speaks one protocol: Pyroscope, Parca, OTLP over HTTP
+//!   or gRPC, or a directory.
 //!   [`build_uploader`] picks it from the [`UploadConfig`]. A new protocol is
 //!   one new file implementing the trait, plus one arm in [`build_uploader`].
 
 mod client;
 mod delivery;
 mod file;
+mod otlp;
+mod otlp_grpc;
+mod otlp_http;
 mod parca;
 mod pyroscope;
 mod spool;
@@ -27,7 +31,7 @@ pub(crate) mod test_support {
 
     use std::time::Duration;
 
-    use super::{Auth, Protocol, SeriesProfile, UploadConfig};
+    use super::{Auth, Compression, Protocol, SeriesProfile, UploadConfig};
 
     /// An upload configuration for `protocol` at `url`, with no credentials,
     /// headers or TLS settings, a 5 s timeout and two requests in flight.
@@ -37,6 +41,7 @@ pub(crate) mod test_support {
             url: url::Url::parse(url).expect("test URL"),
             timeout: Duration::from_secs(5),
             concurrency: 2,
+            compression: Compression::Gzip,
             auth: Auth::None,
             headers: Vec::new(),
             tls_ca_file: None,
@@ -48,7 +53,7 @@ pub(crate) mod test_support {
     pub(crate) fn series_profile(labels: &[(&str, &str)], body: &[u8]) -> SeriesProfile {
         SeriesProfile {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            pprof_gz: body.to_vec(),
+            payload: body.to_vec(),
             samples: 1,
         }
     }
@@ -63,6 +68,8 @@ use std::time::Duration;
 pub use client::read_ca_certificates;
 pub use delivery::{Delivery, DeliveryOptions};
 pub use file::FileUploader;
+pub use otlp_grpc::OtlpGrpcUploader;
+pub use otlp_http::OtlpHttpUploader;
 pub use parca::ParcaUploader;
 pub use pyroscope::PyroscopeUploader;
 pub use spool::Spool;
@@ -188,12 +195,15 @@ pub trait Uploader: Send + Sync {
 }
 
 /// Builds the uploader that `config` asks for. HTTP protocols share one
-/// client built by [`client::http_client`]; `file` creates its directory.
+/// client built by [`client::http_client`]; `file` creates its directory;
+/// `otlp-grpc` sets up its channel, which needs a Tokio runtime entered.
 pub fn build_uploader(config: &UploadConfig, metrics: Metrics) -> Result<Arc<dyn Uploader>, SetupError> {
     Ok(match config.protocol {
         Protocol::Pyroscope => Arc::new(PyroscopeUploader::new(config, metrics)?),
         Protocol::Parca => Arc::new(ParcaUploader::new(config, metrics)?),
         Protocol::File => Arc::new(FileUploader::new(config)?),
+        Protocol::Otlp => Arc::new(OtlpHttpUploader::new(config, metrics)?),
+        Protocol::OtlpGrpc => Arc::new(OtlpGrpcUploader::new(config, metrics)?),
     })
 }
 

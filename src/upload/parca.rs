@@ -167,7 +167,7 @@ fn raw_series(profile: &SeriesProfile) -> RawSeries<'_> {
     RawSeries {
         labels: LabelSet { labels },
         samples: [RawSample {
-            raw_profile: base64::engine::general_purpose::STANDARD.encode(&profile.pprof_gz),
+            raw_profile: base64::engine::general_purpose::STANDARD.encode(&profile.payload),
         }],
     }
 }
@@ -274,6 +274,7 @@ mod tests {
             start: UNIX_EPOCH,
             end: UNIX_EPOCH + Duration::from_secs(10),
             profiles: profiles.clone(),
+            shared: Vec::new(),
         };
         let failed = uploader.send(&profiles, &batch).await;
         assert_eq!(failed.len(), 2);

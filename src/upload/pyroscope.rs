@@ -64,7 +64,7 @@ impl Uploader for PyroscopeUploader {
                 );
                 let client = self.client.clone();
                 let metrics = self.metrics.clone();
-                let body = profile.pprof_gz.clone();
+                let body = profile.payload.clone();
                 tasks.spawn(
                     async move {
                         let result = post(&client, url, "application/octet-stream", body, &metrics).await;
@@ -157,6 +157,7 @@ mod tests {
             start: UNIX_EPOCH + Duration::from_millis(1_700_000_000_250),
             end: UNIX_EPOCH + Duration::from_millis(1_700_000_010_250),
             profiles,
+            shared: Vec::new(),
         }
     }
 

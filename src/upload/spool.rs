@@ -10,13 +10,18 @@
 //! A file is a small binary record, little-endian throughout:
 //!
 //! ```text
-//! magic "TPSPOOL\0" | version u32 (1) | sequence u64
+//! magic "TPSPOOL\0" | version u32 (2) | sequence u64
 //! start secs u64 | start nanos u32 | end secs u64 | end nanos u32
 //! profile count u32, then per profile:
 //!     label count u32, then per label: name len u32, name, value len u32, value
-//!     samples u64 | pprof len u64 | pprof bytes
+//!     samples u64 | payload len u64 | payload bytes
+//! shared len u64 | shared bytes          (version 2 only)
 //! CRC-32 of everything above, u32
 //! ```
+//!
+//! Version 2 added the window's shared bytes (OTLP's dictionary, which
+//! every profile of the window points into); version 1 files, which have
+//! none, are still read.
 //!
 //! The header carries the profile count so that opening the spool reads
 //! only headers; the checksum is verified when a window is read back. Files
@@ -34,7 +39,9 @@ use crate::agent::metrics::Metrics;
 use crate::util::durable::{write_atomically, TEMP_SUFFIX};
 
 const MAGIC: &[u8; 8] = b"TPSPOOL\0";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The first format, without shared bytes; still read.
+const VERSION_WITHOUT_SHARED: u32 = 1;
 /// Bytes before the first profile.
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4 + 8 + 4 + 4;
 const EXTENSION: &str = ".batch";
@@ -404,9 +411,9 @@ fn encode(batch: &Batch) -> Vec<u8> {
     let payload: usize = batch
         .profiles
         .iter()
-        .map(|p| 24 + p.pprof_gz.len() + p.labels.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>())
+        .map(|p| 24 + p.payload.len() + p.labels.iter().map(|(k, v)| 8 + k.len() + v.len()).sum::<usize>())
         .sum();
-    let mut out = Vec::with_capacity(HEADER_LEN + payload + 4);
+    let mut out = Vec::with_capacity(HEADER_LEN + payload + 8 + batch.shared.len() + 4);
     let (start_secs, start_nanos) = split_time(batch.start);
     let (end_secs, end_nanos) = split_time(batch.end);
     out.extend_from_slice(MAGIC);
@@ -426,9 +433,11 @@ fn encode(batch: &Batch) -> Vec<u8> {
             }
         }
         out.extend_from_slice(&profile.samples.to_le_bytes());
-        out.extend_from_slice(&(profile.pprof_gz.len() as u64).to_le_bytes());
-        out.extend_from_slice(&profile.pprof_gz);
+        out.extend_from_slice(&(profile.payload.len() as u64).to_le_bytes());
+        out.extend_from_slice(&profile.payload);
     }
+    out.extend_from_slice(&(batch.shared.len() as u64).to_le_bytes());
+    out.extend_from_slice(&batch.shared);
     let crc = checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -462,13 +471,20 @@ fn decode(bytes: &[u8]) -> Result<Batch, String> {
         }
         let samples = reader.u64()?;
         let pprof_len = usize::try_from(reader.u64()?).map_err(|_| "a profile length is too large")?;
-        let pprof_gz = reader.take(pprof_len)?.to_vec();
+        let payload = reader.take(pprof_len)?.to_vec();
         profiles.push(SeriesProfile {
             labels,
-            pprof_gz,
+            payload,
             samples,
         });
     }
+    let shared = match header.version {
+        VERSION_WITHOUT_SHARED => Vec::new(),
+        _ => {
+            let len = usize::try_from(reader.u64()?).map_err(|_| "the shared length is too large")?;
+            reader.take(len)?.to_vec()
+        }
+    };
     if !reader.rest.is_empty() {
         return Err("it has trailing bytes".to_string());
     }
@@ -477,6 +493,7 @@ fn decode(bytes: &[u8]) -> Result<Batch, String> {
         start: header.start,
         end: header.end,
         profiles,
+        shared,
     })
 }
 
@@ -492,6 +509,7 @@ fn split_time(time: SystemTime) -> (u64, u32) {
 }
 
 struct Header {
+    version: u32,
     sequence: u64,
     start: SystemTime,
     end: SystemTime,
@@ -555,10 +573,13 @@ impl<'a> Reader<'a> {
             return Err("it is not a taskprof spool file".to_string());
         }
         let version = self.u32()?;
-        if version != VERSION {
-            return Err(format!("its format version {version} is not {VERSION}"));
+        if version != VERSION && version != VERSION_WITHOUT_SHARED {
+            return Err(format!(
+                "its format version {version} is not {VERSION_WITHOUT_SHARED} or {VERSION}"
+            ));
         }
         Ok(Header {
+            version,
             sequence: self.u64()?,
             start: self.time()?,
             end: self.time()?,
@@ -582,11 +603,27 @@ mod tests {
                         ("service_name".to_string(), format!("svc-é-{i}")),
                         ("pid".to_string(), i.to_string()),
                     ],
-                    pprof_gz: vec![i as u8; bytes_each],
+                    payload: vec![i as u8; bytes_each],
                     samples: 10 + i as u64,
                 })
                 .collect(),
+            shared: vec![0xAB; 5],
         }
+    }
+
+    /// A file in the first format, without shared bytes, as an earlier
+    /// agent wrote it: those must still be replayed after an upgrade.
+    #[test]
+    fn version_1_files_are_still_read() {
+        let mut old = batch(5, 2, 10);
+        old.shared.clear();
+        let mut bytes = encode(&old);
+        bytes.truncate(bytes.len() - 4 - 8);
+        bytes[8..12].copy_from_slice(&VERSION_WITHOUT_SHARED.to_le_bytes());
+        let crc = checksum(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes), Ok(old));
+        assert_eq!(decode(&encode(&batch(6, 1, 3))), Ok(batch(6, 1, 3)));
     }
 
     fn open(dir: &Path, max_bytes: u64) -> (Spool, Metrics) {

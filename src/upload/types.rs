@@ -14,6 +14,28 @@ pub enum Protocol {
     Parca,
     /// A directory on disk: one file per profile.
     File,
+    /// OTLP/HTTP: `POST {base}/v1development/profiles`, a binary protobuf
+    /// `ExportProfilesServiceRequest` per window.
+    Otlp,
+    /// OTLP/gRPC: `ProfilesService/Export`, the same request per window.
+    OtlpGrpc,
+}
+
+impl Protocol {
+    /// Whether windows for this protocol are built as OTLP (one shared
+    /// dictionary per window) rather than as one pprof per series.
+    pub fn is_otlp(self) -> bool {
+        matches!(self, Protocol::Otlp | Protocol::OtlpGrpc)
+    }
+}
+
+/// How request bodies are compressed, where a protocol lets us choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip (`Content-Encoding: gzip`, or gRPC's `grpc-encoding: gzip`).
+    Gzip,
+    /// Sent as they are.
+    None,
 }
 
 /// How requests authenticate.
@@ -44,6 +66,9 @@ pub struct UploadConfig {
     pub timeout: Duration,
     /// Requests in flight at once, where a protocol sends several.
     pub concurrency: usize,
+    /// Request body compression (OTLP; the pprof protocols always send
+    /// gzipped profiles).
+    pub compression: Compression,
     /// Credentials.
     pub auth: Auth,
     /// Extra headers on every request (e.g. `X-Scope-OrgID`). Values may be
@@ -69,8 +94,10 @@ pub struct SpoolConfig {
 pub struct SeriesProfile {
     /// Series labels, including `service_name`. Names are unique.
     pub labels: Vec<(String, String)>,
-    /// The gzipped pprof.
-    pub pprof_gz: Vec<u8>,
+    /// What the protocol sends for this profile: the gzipped pprof, or for
+    /// OTLP one encoded `ResourceProfiles` whose indices point into the
+    /// window's [`Batch::shared`] dictionary.
+    pub payload: Vec<u8>,
     /// Samples in the profile (for accounting).
     pub samples: u64,
 }
@@ -92,6 +119,9 @@ pub struct Batch {
     pub start: SystemTime,
     /// Window end.
     pub end: SystemTime,
-    /// One profile per process that had samples.
+    /// One profile per series (or, for OTLP, per process) that had samples.
     pub profiles: Vec<SeriesProfile>,
+    /// Bytes every profile of the window refers to: for OTLP the encoded
+    /// `ProfilesDictionary`; empty for the pprof protocols.
+    pub shared: Vec<u8>,
 }

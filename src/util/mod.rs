@@ -4,6 +4,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod durable;
+pub mod memory;
 pub(crate) mod secret;
 
 use url::Url;
@@ -24,6 +25,17 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `bytes` gzipped at the fast level: profiles are compressed once per
+/// window on the sampling thread, where speed matters more than the last
+/// few percent.
+pub fn gzip(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes)?;
+    encoder.finish()
 }
 
 /// A URL fit for logs and errors: no user info, no query, no fragment.

@@ -53,6 +53,9 @@ const CONFIGMAP: &str = "deploy/kubernetes/base/configmap.yaml";
 /// The agent settings the Parca variant puts in their place.
 const PARCA_CONFIGMAP: &str = "deploy/kubernetes/parca/configmap-parca.yaml";
 
+/// The agent settings the OTLP variant puts in their place.
+pub(crate) const OTLP_CONFIGMAP: &str = "deploy/kubernetes/otlp/configmap-otlp.yaml";
+
 /// The unprivileged uid the private workload runs as (`nobody`).
 const OTHER_UID: u32 = 65534;
 
@@ -729,7 +732,7 @@ fn the_daemonset_grants_exactly_the_tested_capabilities_and_nothing_else() {
 }
 
 /// `agent.yaml` of a ConfigMap manifest.
-fn agent_settings(manifest: &str) -> String {
+pub(crate) fn agent_settings(manifest: &str) -> String {
     read_yaml(manifest)["data"]["agent.yaml"]
         .as_str()
         .unwrap_or_else(|| panic!("{manifest} has no data.agent.yaml"))
@@ -742,24 +745,35 @@ fn read_yaml(relative: &str) -> Value {
     serde_yaml::from_str(&text).unwrap_or_else(|err| panic!("`{}` is not YAML: {err}", path.display()))
 }
 
-/// Runs the agent with `manifest`'s settings, pointed at a local receiver
-/// and spool but otherwise as configured, and checks what arrives.
-fn assert_settings_deliver(manifest: &str, api: Api) {
-    let dir = scratch_dir();
-    let config = dir.path().join("agent.yaml");
+/// Starts an agent on `fixture` with `manifest`'s `agent.yaml`, pointed at
+/// `url` and a spool and metrics port of its own (the manifest's are the
+/// cluster's), with 1 s windows to keep tests quick; returns once it samples.
+pub(crate) fn start_with_shipped_settings(
+    manifest: &str,
+    url: &str,
+    fixture: &Fixture,
+    dir: &Path,
+) -> crate::common::agent_run::RunningAgent {
+    let config = dir.join("agent.yaml");
     fs::write(&config, agent_settings(manifest)).expect("write agent.yaml");
-    let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
-    let receiver = Receiver::accepting();
     let mut agent = AgentCommand::bare()
         .args(["--config", path_arg(&config)])
-        // The manifest's own backend, spool and port are the cluster's;
-        // the window is shortened to keep the test quick.
-        .args(["--upload-url", &receiver.url()])
-        .args(["--spool-dir", path_arg(&dir.path().join("spool"))])
+        .args(["--upload-url", url])
+        .args(["--spool-dir", path_arg(&dir.join("spool"))])
         .args(["--metrics-address", "127.0.0.1:0", "--window", "1s"])
         .pid(fixture.pid())
         .spawn();
     agent.wait_until_sampling();
+    agent
+}
+
+/// Runs the agent with `manifest`'s settings, pointed at a local receiver
+/// and spool but otherwise as configured, and checks what arrives.
+fn assert_settings_deliver(manifest: &str, api: Api) {
+    let dir = scratch_dir();
+    let fixture = Fixture::spawn(FixtureProgram::Chain, 30.0);
+    let receiver = Receiver::accepting();
+    let agent = start_with_shipped_settings(manifest, &receiver.url(), &fixture, dir.path());
     let ingests = receiver.wait_for_ingests("a profile", Duration::from_secs(30), |i| !i.is_empty());
     agent.terminate(EXIT_TIMEOUT).assert_success();
     receiver.assert_all_valid();
@@ -782,8 +796,8 @@ fn the_shipped_agent_settings_start_the_agent_and_reach_their_backend() {
     assert_settings_deliver(CONFIGMAP, Api::Pyroscope);
     assert_settings_deliver(PARCA_CONFIGMAP, Api::Parca);
 
-    // The Parca variant replaces agent.yaml whole; apart from where it
-    // uploads, it must say what the default says.
+    // The Parca and OTLP variants replace agent.yaml whole; apart from
+    // where and how they upload, they must say what the default says.
     let without_upload = |manifest: &str| {
         let mut settings: Value = serde_yaml::from_str(&agent_settings(manifest)).expect("agent.yaml is YAML");
         let map = settings.as_mapping_mut().expect("agent.yaml is a mapping");
@@ -791,11 +805,14 @@ fn the_shipped_agent_settings_start_the_agent_and_reach_their_backend() {
             let url = map.remove(key).unwrap_or_else(|| panic!("{manifest} sets no {key}"));
             assert!(url.as_str().is_some_and(|u| !u.is_empty()), "{key} of {manifest}");
         }
+        map.remove("upload_compression");
         settings
     };
-    assert_eq!(
-        without_upload(PARCA_CONFIGMAP),
-        without_upload(CONFIGMAP),
-        "{PARCA_CONFIGMAP} has drifted from {CONFIGMAP}"
-    );
+    for variant in [PARCA_CONFIGMAP, OTLP_CONFIGMAP] {
+        assert_eq!(
+            without_upload(variant),
+            without_upload(CONFIGMAP),
+            "{variant} has drifted from {CONFIGMAP}"
+        );
+    }
 }

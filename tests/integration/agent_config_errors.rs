@@ -90,8 +90,14 @@ refusals! {
         |spool| valid(spool).set("--upload-url", "not a url"),
         |_| strings(&["--upload-url", "not a url"]);
     an_unknown_protocol_is_refused: "unknown protocol",
-        |spool| valid(spool).set("--upload-protocol", "otlp"),
-        |_| strings(&["--upload-protocol", "otlp", "pyroscope"]);
+        |spool| valid(spool).set("--upload-protocol", "jaeger"),
+        |_| strings(&["--upload-protocol", "jaeger", "pyroscope", "otlp-grpc"]);
+    an_unknown_compression_is_refused: "unknown compression",
+        |spool| valid(spool).set("--upload-protocol", "otlp").set("--upload-compression", "zstd"),
+        |_| strings(&["--upload-compression", "zstd", "gzip or none"]);
+    otlp_grpc_without_certificate_checks_is_refused: "otlp-grpc with --tls-insecure-skip-verify",
+        |spool| valid(spool).set("--upload-protocol", "otlp-grpc").args(["--tls-insecure-skip-verify"]),
+        |_| strings(&["--tls-insecure-skip-verify", "--tls-ca-file"]);
     an_unreadable_bearer_token_file_is_refused: "unreadable token file",
         |spool| valid(spool).set("--bearer-token-file", path_arg(&spool.join("no-such-token"))),
         |spool| strings(&["--bearer-token-file", path_arg(&spool.join("no-such-token"))]);

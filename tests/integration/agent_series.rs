@@ -5,12 +5,11 @@
 //! came from. `--series-per-process` opts back into one series per pid.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::agent_run::{assert_no_sample_lost, wait_until, AgentCommand, AgentExit, TEST_NODE};
-use crate::common::fake_kube::{pod, FakeApi};
+use crate::common::fake_kube::{place_in_container, storefront_pod, FakeApi};
 use crate::common::receivers::{Ingest, Receiver};
 use crate::common::{scratch_dir, Fixture, FixtureProgram, ProfileView};
 
@@ -205,41 +204,14 @@ const DEPLOYMENT_PODS: [(&str, &str, &str); 2] = [
     ),
 ];
 
-/// Puts `pid` in the container `container_id` of pod `uid`, as a kubelet's
-/// cgroup (systemd driver, containerd) would, under a proc-like `root`.
-fn place_in_container(root: &Path, pid: u32, uid: &str, container_id: &str) {
-    let uid = uid.replace('-', "_");
-    let line = format!(
-        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{container_id}.scope\n"
-    );
-    std::fs::create_dir_all(root.join(pid.to_string())).expect("create a fake proc directory");
-    std::fs::write(root.join(pid.to_string()).join("cgroup"), line).expect("write a fake cgroup file");
-}
-
 /// Two pods of one Deployment, three processes each (two executables):
 /// one series per pod, whose samples hold that pod's processes.
 #[test]
 fn each_pod_of_a_deployment_is_one_series_whatever_its_processes() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime for the fake API server");
-    let api = runtime.block_on(FakeApi::start());
+    let (_runtime, api) = FakeApi::start_on_own_runtime();
     let pods: Vec<serde_json::Value> = DEPLOYMENT_PODS
         .iter()
-        .map(|(name, uid, container_id)| {
-            let mut pod = pod(
-                name,
-                uid,
-                "100",
-                &[(container_id, "app")],
-                serde_json::json!({"app.kubernetes.io/name": "storefront"}),
-            );
-            pod["spec"]["nodeName"] = serde_json::json!(TEST_NODE);
-            pod["metadata"]["ownerReferences"][0]["name"] = serde_json::json!("web-5c7f9b8d6");
-            pod
-        })
+        .map(|(name, uid, container_id)| storefront_pod(name, uid, container_id))
         .collect();
     api.set_list("100", pods);
 

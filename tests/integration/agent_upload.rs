@@ -273,9 +273,10 @@ fn file_protocol_writes_sound_profiles_with_their_labels() {
     }
     let stopped = exit.stopped();
     assert_eq!(
-        received + stopped.lost as i64,
+        received + stopped.idle as i64 + stopped.lost as i64,
         stopped.samples as i64,
-        "the files hold {received} samples, {} were lost, BPF took {}",
+        "the files hold {received} samples, {} were idle, {} were lost, BPF took {}",
+        stopped.idle,
         stopped.lost,
         stopped.samples
     );
@@ -340,9 +341,11 @@ fn metrics_endpoint_matches_what_happened() {
     assert_eq!(page.count("taskprof_samples_total"), samples);
     let received: i64 = ingests.iter().map(Ingest::sample_count).sum();
     assert_eq!(
-        page.count("taskprof_samples_total") - page.count("taskprof_samples_lost_total"),
+        page.count("taskprof_samples_total")
+            - page.count("taskprof_samples_lost_total")
+            - page.samples("taskprof_samples_total")["{kind=\"idle\"}"] as u64,
         received as u64,
-        "samples taken minus lost should be what the backend holds"
+        "samples taken minus lost and idle should be what the backend holds"
     );
     assert_eq!(page.count("taskprof_profiles_failed_total"), 0);
     assert_eq!(page.count("taskprof_profiles_retried_total"), 0);

@@ -410,6 +410,7 @@ impl AgentExit {
             .unwrap_or_else(|| panic!("the agent logged no `stopped` line:\n{}", self.stderr()));
         Stopped {
             samples: line.u64_field("samples"),
+            idle: line.u64_field("idle"),
             lost: line.u64_field("lost"),
         }
     }
@@ -420,6 +421,8 @@ impl AgentExit {
 pub struct Stopped {
     /// Samples BPF took over the whole run.
     pub samples: u64,
+    /// Samples of idle CPUs, left out of the profiles.
+    pub idle: u64,
     /// Samples BPF could not record.
     pub lost: u64,
 }
@@ -429,6 +432,7 @@ pub struct Stopped {
 pub struct WindowClosed {
     pub samples: u64,
     pub in_profiles: u64,
+    pub idle: u64,
     pub lost: u64,
     pub profiles: u64,
     /// Processes whose samples the window's profiles hold.
@@ -442,6 +446,7 @@ fn windows_of(lines: &[LogLine]) -> Vec<WindowClosed> {
         .map(|l| WindowClosed {
             samples: l.u64_field("samples"),
             in_profiles: l.u64_field("in_profiles"),
+            idle: l.u64_field("idle"),
             lost: l.u64_field("lost"),
             profiles: l.u64_field("profiles"),
             processes: l.u64_field("processes"),
@@ -668,17 +673,18 @@ pub fn assert_windows_in_order(delivered: &[Ingest]) {
 
 /// The no-loss account: the samples in the accepted profiles, plus
 /// `dropped` (samples of profiles a test made the backend refuse), plus
-/// what BPF reported lost, equal what BPF took, exactly. Each window's own
-/// account must balance too.
+/// the idle CPUs' samples left out, plus what BPF reported lost, equal
+/// what BPF took, exactly. Each window's own account must balance too.
 pub fn assert_no_sample_lost(exit: &AgentExit, delivered: &[Ingest], dropped: i64) {
     let stopped = exit.stopped();
     let windows = exit.windows();
     let received: i64 = delivered.iter().map(Ingest::sample_count).sum();
     assert!(stopped.samples > 0, "BPF took no samples at all:\n{}", exit.stderr());
     assert_eq!(
-        received + dropped + stopped.lost as i64,
+        received + dropped + stopped.idle as i64 + stopped.lost as i64,
         stopped.samples as i64,
-        "received {received} + dropped {dropped} + lost {} != taken {} (windows: {windows:?})",
+        "received {received} + dropped {dropped} + idle {} + lost {} != taken {} (windows: {windows:?})",
+        stopped.idle,
         stopped.lost,
         stopped.samples
     );
@@ -689,9 +695,9 @@ pub fn assert_no_sample_lost(exit: &AgentExit, delivered: &[Ingest], dropped: i6
     );
     for window in &windows {
         assert_eq!(
-            window.in_profiles + window.lost,
+            window.in_profiles + window.idle + window.lost,
             window.samples,
-            "a window's samples are neither in its profiles nor counted lost: {window:?}"
+            "a window's samples are neither in its profiles nor counted idle or lost: {window:?}"
         );
     }
 }

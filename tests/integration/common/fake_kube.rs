@@ -70,6 +70,18 @@ pub struct FakeApi {
 }
 
 impl FakeApi {
+    /// For synchronous tests: a server on a runtime of its own, which must
+    /// outlive the server (drop the runtime last).
+    pub fn start_on_own_runtime() -> (tokio::runtime::Runtime, FakeApi) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the fake API server");
+        let api = runtime.block_on(FakeApi::start());
+        (runtime, api)
+    }
+
     pub async fn start() -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake API");
         let addr = listener.local_addr().expect("fake API address");
@@ -266,6 +278,34 @@ pub fn pod(name: &str, uid: &str, version: &str, containers: &[(&str, &str)], la
         "spec": {"nodeName": NODE},
         "status": {"phase": "Running", "containerStatuses": statuses},
     })
+}
+
+/// A pod of the `web` Deployment (through ReplicaSet `web-5c7f9b8d6`)
+/// named `name`, on the agent tests' node, its one container `app` with id
+/// `container_id`, labelled as the `storefront` service.
+pub fn storefront_pod(name: &str, uid: &str, container_id: &str) -> Value {
+    let mut pod = pod(
+        name,
+        uid,
+        "100",
+        &[(container_id, "app")],
+        json!({"app.kubernetes.io/name": "storefront"}),
+    );
+    pod["spec"]["nodeName"] = json!(super::agent_run::TEST_NODE);
+    pod["metadata"]["ownerReferences"][0]["name"] = json!("web-5c7f9b8d6");
+    pod
+}
+
+/// Puts `pid` in container `container_id` of pod `uid`, as a kubelet's
+/// cgroup (systemd driver, containerd) would, under a proc-like `root`
+/// (the agent's `--cgroup-proc-root`).
+pub fn place_in_container(root: &std::path::Path, pid: u32, uid: &str, container_id: &str) {
+    let uid = uid.replace('-', "_");
+    let line = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{container_id}.scope\n"
+    );
+    std::fs::create_dir_all(root.join(pid.to_string())).expect("create a fake proc directory");
+    std::fs::write(root.join(pid.to_string()).join("cgroup"), line).expect("write a fake cgroup file");
 }
 
 pub fn event(kind: &str, object: Value) -> Vec<u8> {

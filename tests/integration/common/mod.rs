@@ -17,6 +17,7 @@ pub use taskprof::pprof::proto::{Profile, Sample};
 
 pub mod agent_run;
 pub mod fake_kube;
+pub mod otlp;
 pub mod receivers;
 pub mod unwind;
 
