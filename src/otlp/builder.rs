@@ -1,7 +1,6 @@
 //! Builds a window's OTLP profiles: one shared dictionary, one
 //! `ResourceProfiles` per process.
 
-use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -14,7 +13,7 @@ use super::proto::profiles::v1development::{
 use super::proto::resource::v1::Resource;
 use crate::pprof::ProfileMeta;
 use crate::symbolize::samples::{Frame, MappingInfo, Sample as SymbolizedSample};
-use crate::symbolize::{FunctionInfo, LineInfo};
+use crate::symbolize::FunctionInfo;
 
 /// The semantic-convention attribute naming a frame's kind.
 const FRAME_TYPE: &str = "profile.frame.type";
@@ -66,12 +65,6 @@ type AttributeKey = (i32, AttributeValue);
 /// A location's identity: mapping, address, (function, line) pairs and
 /// frame type attribute.
 type LocationKey = (i32, u64, Vec<(i32, i64)>, i32);
-/// A frame's identity by the objects it shares with other frames: its
-/// mapping's and its lines' addresses, its address and its kind. The
-/// symbolizer shares those objects between frames of one place, so this
-/// finds most repeated frames without hashing their strings; frames that
-/// do not share them are interned by value instead.
-type FrameKey = (usize, u64, usize, u8);
 
 /// Interns everything of one window. Every table starts with its zero
 /// entry, so index 0 always means "none".
@@ -82,10 +75,7 @@ struct Dictionary<'a> {
     mappings: HashMap<&'a MappingInfo, i32>,
     functions: HashMap<&'a FunctionInfo, i32>,
     locations: HashMap<LocationKey, i32>,
-    frames: HashMap<FrameKey, i32>,
     stacks: HashMap<Vec<i32>, i32>,
-    /// The `profile.frame.type` attributes: native, kernel, cpython.
-    frame_types: [i32; 3],
 }
 
 /// An index into a dictionary table. The tables of one window never come
@@ -112,13 +102,9 @@ impl<'a> Dictionary<'a> {
             mappings: HashMap::default(),
             functions: HashMap::default(),
             locations: HashMap::default(),
-            frames: HashMap::default(),
             stacks: HashMap::default(),
-            frame_types: [0; 3],
         };
         dictionary.string("");
-        dictionary.frame_types = ["native", "kernel", "cpython"]
-            .map(|kind| dictionary.attribute(FRAME_TYPE, AttributeValue::Text(kind.to_string())));
         dictionary
     }
 
@@ -185,34 +171,18 @@ impl<'a> Dictionary<'a> {
     }
 
     fn location(&mut self, frame: &'a Frame) -> i32 {
-        let kind = match (frame.kernel, frame.python) {
-            (true, _) => 1,
-            (false, true) => 2,
-            (false, false) => 0,
-        };
-        // Every frame borrowed here lives as long as the dictionary, so an
-        // address cannot be reused by another object meanwhile.
-        let shared = (
-            frame.mapping.as_ref().map_or(0, |m| Arc::as_ptr(m) as usize),
-            frame.address,
-            Arc::as_ptr(&frame.lines) as *const LineInfo as usize,
-            kind,
-        );
-        if let Some(&id) = self.frames.get(&shared) {
-            return id;
-        }
-        let id = self.location_by_value(frame, self.frame_types[kind as usize]);
-        self.frames.insert(shared, id);
-        id
-    }
-
-    fn location_by_value(&mut self, frame: &'a Frame, frame_type: i32) -> i32 {
         let mapping_index = frame.mapping.as_deref().map_or(0, |info| self.mapping(info));
         let lines: Vec<(i32, i64)> = frame
             .lines
             .iter()
             .map(|line| (self.function(&line.function), i64::from(line.line)))
             .collect();
+        let kind = match (frame.kernel, frame.python) {
+            (true, _) => "kernel",
+            (false, true) => "cpython",
+            (false, false) => "native",
+        };
+        let frame_type = self.attribute(FRAME_TYPE, AttributeValue::Text(kind.to_string()));
         let key = (mapping_index, frame.address, lines, frame_type);
         if let Some(&id) = self.locations.get(&key) {
             return id;
