@@ -25,7 +25,10 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     # util-linux (unshare, setpriv): the capability tests confine the agent.
     # python3-dev: the headers of /usr/bin/python3, against which
     #   tests/integration/python_offsets.rs checks the CPython offset table.
-    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
+    # qemu-system-x86, busybox-static, cpio: scripts/kernel-matrix.sh boots
+    #   Debian's kernels (5.10 and up) with an initramfs around the binary.
+    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev
+        qemu-system-x86 busybox-static cpio)
 fi
 if [[ "${1:-}" == "--bench" ]]; then
     # benches/peers.sh: bpftrace is the other BPF profiler it compares
