@@ -21,7 +21,8 @@ fn main() {
         "-O2",
         "-g",
         "-Ibpf",
-        // v3: atomics that return the old value (kernel 5.12+).
+        // v3: 32-bit jumps and ALU (kernel 5.1+). The program uses no
+        // atomic that returns a value (kernel 5.12+): see bpf/profiler.bpf.c.
         "-mcpu=v3",
         // Debian keeps asm/ uapi headers under the multiarch directory.
         "-idirafter",

@@ -18,18 +18,20 @@
 #
 # Usage, as root from the repository: benches/peers.sh
 # Environment: PEERS_SECONDS (12), PEERS_REPEAT (3), PEERS_HZ (99),
-# TASKPROF_ARGS (extra flags for taskprof, e.g. --unwind=fp).
+# TASKPROF_ARGS (extra flags for taskprof, e.g. --unwind=fp), PEERS_TOOLS
+# (a subset of "perf bpftrace taskprof"), PEERS_TASKPROF (another taskprof
+# binary, e.g. an older build to compare with; default: this checkout's,
+# built in release mode).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-[[ $(id -u) -eq 0 ]] || { echo "peers.sh loads BPF programs: run it as root" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
 seconds=${PEERS_SECONDS:-12}
 repeat=${PEERS_REPEAT:-3}
 hz=${PEERS_HZ:-99}
 
-scripts/install-deps.sh --bench >&2
-cargo build --release --quiet
-taskprof=$PWD/target/release/taskprof
+bench_setup peers.sh "${PEERS_TASKPROF:-}"
 work=$(mktemp -d /tmp/taskprof-peers.XXXXXX)
 workload_pids=()
 cleanup() {
@@ -43,15 +45,12 @@ echo 1 >/proc/sys/kernel/bpf_stats_enabled
 
 # run_time_ns and run_cnt summed over the perf_event programs (type 7)
 # that process $1 holds.
+# One awk over every fd: taskprof holds hundreds (the files it names).
 bpf_totals() {
-    local ns=0 cnt=0 f type
-    for f in /proc/"$1"/fdinfo/*; do
-        type=$(awk '$1 == "prog_type:" {print $2}' "$f" 2>/dev/null) || continue
-        [[ "$type" == 7 ]] || continue
-        ns=$((ns + $(awk '$1 == "run_time_ns:" {print $2}' "$f")))
-        cnt=$((cnt + $(awk '$1 == "run_cnt:" {print $2}' "$f")))
-    done
-    echo "$ns $cnt"
+    awk 'FNR == 1 {type = ""} $1 == "prog_type:" {type = $2}
+         type == 7 && $1 == "run_time_ns:" {ns += $2}
+         type == 7 && $1 == "run_cnt:" {cnt += $2}
+         END {print ns + 0, cnt + 0}' /proc/"$1"/fdinfo/* 2>/dev/null || echo "0 0"
 }
 
 now() { date +%s.%N; }
@@ -92,9 +91,10 @@ run_one() {
         fi
         [[ -n "$first" ]] || sleep 0.005
     done
-    # Just before sampling ends, the programs' own totals.
+    # A second before sampling ends (taskprof closes its program as soon
+    # as sampling stops), the programs' own totals.
     sample_end=$(echo "$first + $seconds" | bc)
-    sleep "$(echo "$sample_end - $(now) - 0.3" | bc)"
+    sleep "$(echo "x = $sample_end - $(now) - 1; if (x < 0) x = 0; x" | bc)"
     [[ $tool != perf ]] && totals=$(bpf_totals "$pid")
     wait "$timer"
     local t_exit; t_exit=$(now)
@@ -114,9 +114,10 @@ run_one() {
     echo "$rss $(echo "scale=4; ($user + $sys) / $seconds" | bc) $per_sample $(echo "$first - $t0" | bc) $output"
 }
 
-median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0 || a[1] == "-") print "-"; else print a[int((NR + 1) / 2)]}'; }
+# The median of the numbers on stdin; "-" when there are none.
+median() { grep -v '^-$' | sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
 
-tools=(perf bpftrace taskprof)
+read -r -a tools <<<"${PEERS_TOOLS:-perf bpftrace taskprof}"
 for ((round = 1; round <= repeat; round++)); do
     for tool in "${tools[@]}"; do
         "$work/chain" $((seconds + 10)) & workload_pids=($!)

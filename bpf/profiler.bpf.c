@@ -22,14 +22,28 @@ const volatile bool filter_tgids = false;
 /* Walk user stacks with the unwind tables (else the kernel's frame-pointer
  * walk, --unwind=fp). */
 const volatile bool table_unwind = true;
+/*
+ * Kernel features, from userspace's probes (src/bpf/features.rs). The
+ * verifier knows these values as constants and never checks the branches
+ * they rule out, so a helper the kernel lacks may appear behind them.
+ * Only helper calls may: an instruction the kernel cannot decode (a
+ * returning atomic before 5.12, a callback's address before 5.13) fails
+ * the load even where no path reaches it, which is why the bpf_loop walk
+ * is a program of its own (`sample`, else `sample_bounded`).
+ */
+/* bpf_task_pt_regs and bpf_get_current_task_btf (5.15); else the saved
+ * user registers are read from the top of the task's kernel stack. */
+const volatile bool have_task_pt_regs = true;
+/* Where task_struct keeps its kernel stack (from the kernel's BTF), and
+ * the stack's size, for kernels without bpf_task_pt_regs. */
+const volatile __u32 task_stack_offset = 0;
+const volatile __u32 task_stack_size = 16384;
 /* Keep samples of the idle task (pid 0) in the counts map (--include-idle);
  * else they are only counted. */
 const volatile bool include_idle = false;
 
 /* Written by userspace through the mmapped .bss at window boundaries. */
 volatile __u32 generation = 0;
-/* Source of incarnation numbers. */
-__u32 next_incarnation = 0;
 
 /*
  * Stacks keyed by the hash of their frames. A BPF_MAP_TYPE_STACK_TRACE
@@ -92,17 +106,31 @@ struct {
 	__uint(max_entries, 65536);
 } known_tgids SEC(".maps");
 
+/* Each CPU's source of incarnation numbers (see incarnation_of). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} incarnation_counter SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
 } process_events SEC(".maps");
 
-/* One file's unwind rows; each table is its own array sized to fit. */
+/*
+ * One file's unwind rows; each table is its own array sized to fit.
+ * Sizes, not BTF types: userspace creates the tables without BTF, and
+ * kernels 5.15 to 6.1 refuse an inner map whose BTF-derived fields differ
+ * from the template's (with BTF, "no timer" is recorded as -ENOENT; without,
+ * as -EINVAL), failing every insertion with EINVAL.
+ */
 struct unwind_rows_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_INNER_MAP);
-	__type(key, __u32);
-	__type(value, struct unwind_row);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct unwind_row));
 	__uint(max_entries, 1);
 };
 
@@ -246,6 +274,21 @@ static __always_inline void send_event(__u32 tgid, __u32 incarnation,
 	bpf_ringbuf_submit(event, 0);
 }
 
+/*
+ * A new incarnation number, never 0: a per-CPU count above the CPU's
+ * number (mod 1024). One shared counter would need an atomic that returns
+ * its value, which kernels before 5.12 lack.
+ */
+static __always_inline __u32 draw_incarnation(void)
+{
+	__u32 zero = 0, *counter = bpf_map_lookup_elem(&incarnation_counter, &zero);
+
+	if (!counter)
+		return 1;
+	*counter += 1;
+	return (*counter << 10) | (bpf_get_smp_processor_id() & 1023);
+}
+
 /* The incarnation of `tgid`, announcing it to userspace on first sight. */
 static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
 {
@@ -258,7 +301,7 @@ static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
 	known = bpf_map_lookup_elem(&known_tgids, &tgid);
 	if (known)
 		return *known;
-	incarnation = __sync_fetch_and_add(&next_incarnation, 1) + 1;
+	incarnation = draw_incarnation();
 	if (bpf_map_update_elem(&known_tgids, &tgid, &incarnation, BPF_NOEXIST) != 0) {
 		/* Another CPU announced it first: use its number. */
 		known = bpf_map_lookup_elem(&known_tgids, &tgid);
@@ -328,9 +371,10 @@ static __always_inline bool user_regs(struct bpf_perf_event_data *ctx,
 {
 	/* Each field is read with its own load: the verifier rejects a load
 	 * through a ctx pointer that was moved first. */
-	__u64 cs = ctx->regs.cs, ip = ctx->regs.rip, sp = ctx->regs.rsp, rbp;
+	__u64 cs = ctx->regs.cs, ip = ctx->regs.rip, sp = ctx->regs.rsp, rbp, stack = 0;
 	struct pt_regs regs;
 	long saved;
+	char *task;
 
 	asm volatile("%0 = *(u64 *)(%1 + %2)" : "=r"(rbp) : "r"(ctx),
 		     "i"(__builtin_offsetof(struct bpf_perf_event_data, regs.rbp)));
@@ -340,10 +384,24 @@ static __always_inline bool user_regs(struct bpf_perf_event_data *ctx,
 		walk->bp = rbp;
 		return true;
 	}
-	saved = bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (have_task_pt_regs) {
+		saved = bpf_task_pt_regs(bpf_get_current_task_btf());
+	} else {
+		/* What the kernel's task_pt_regs() computes on x86_64: the
+		 * registers saved on entry sit at the top of the task's kernel
+		 * stack. */
+		task = (char *)bpf_get_current_task();
+		if (!task_stack_offset ||
+		    bpf_probe_read_kernel(&stack, sizeof(stack), task + task_stack_offset) || !stack)
+			return false;
+		saved = stack + task_stack_size - sizeof(struct pt_regs);
+	}
 	if (!saved || bpf_probe_read_kernel(&regs, sizeof(regs), (void *)saved))
 		return false;
-	if ((regs.cs & 3) != 3)
+	/* User code segment and stack segment selectors: anything else is
+	 * not a user mode's saved registers (a guessed stack layout that was
+	 * wrong reads something else). */
+	if ((regs.cs & 3) != 3 || (regs.ss & 3) != 3)
 		return false;
 	walk->ip = regs.rip;
 	walk->sp = regs.rsp;
@@ -444,8 +502,9 @@ static __always_inline void request_refresh(struct unwind_walk *walk)
 	last = proc->refresh_requested_ns;
 	if (now - last < 1000000000ULL)
 		return;
-	if (__sync_val_compare_and_swap(&proc->refresh_requested_ns, last, now) != last)
-		return;
+	/* A plain store, not compare-and-swap (5.12): CPUs racing here may
+	 * each ask, which costs a second read of the mappings at worst. */
+	proc->refresh_requested_ns = now;
 	send_event(walk->tgid, proc->incarnation, PROCESS_MAPPINGS_CHANGED, walk->gen);
 }
 
@@ -604,16 +663,19 @@ static __always_inline __u32 unwind_stat(__u32 status)
 /*
  * Walks the current task's user stack into the per-CPU `stack_scratch`
  * and returns how the walk ended (enum unwind_status), or
- * UNWIND_WALK_NO_USER_STACK (kernel threads) or UNWIND_WALK_ERROR. A global function, so the
- * verifier checks it once rather than once per generation.
+ * UNWIND_WALK_NO_USER_STACK (kernel threads) or UNWIND_WALK_ERROR. Each
+ * frame is one call of unwind_frame, by bpf_loop (5.17) or, with
+ * `bounded`, by a bounded loop (5.3), which reaches the same depth: the
+ * verifier checks unwind_frame once either way, and the loop around it is
+ * a few instructions per frame.
  */
 enum unwind_walk_error {
 	UNWIND_WALK_NO_USER_STACK = -1,
 	UNWIND_WALK_ERROR = -2,
 };
 
-__attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx, __u32 tgid,
-						__u32 incarnation, __u32 gen)
+static __always_inline int unwind_user_stack(struct bpf_perf_event_data *ctx, __u32 tgid,
+					     __u32 incarnation, __u32 gen, const bool bounded)
 {
 	struct unwind_loop loop = {};
 	struct unwind_process *proc;
@@ -638,7 +700,14 @@ __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx,
 	loop.has_proc = proc && (proc->incarnation == incarnation || proc->incarnation == 0);
 	loop.tgid = tgid;
 	loop.gen = gen;
-	bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &loop, 0);
+	if (bounded) {
+		for (int i = 0; i < TASKPROF_MAX_STACK_DEPTH + 1; i++) {
+			if (unwind_frame(loop.tgid, loop.gen, loop.has_proc))
+				break;
+		}
+	} else {
+		bpf_loop(TASKPROF_MAX_STACK_DEPTH + 1, unwind_step, &loop, 0);
+	}
 	/* Through a mapping whose table was not in yet, frame pointers were
 	 * followed: the stack cannot be vouched for. */
 	if (!loop.has_proc || state->pending)
@@ -647,13 +716,27 @@ __attribute__((noinline)) int unwind_user_stack(struct bpf_perf_event_data *ctx,
 	return state->status;
 }
 
+/* The two walks as global functions, so the verifier checks each once
+ * rather than once per generation. */
+__attribute__((noinline)) int unwind_user_stack_loop(struct bpf_perf_event_data *ctx, __u32 tgid,
+						     __u32 incarnation, __u32 gen)
+{
+	return unwind_user_stack(ctx, tgid, incarnation, gen, false);
+}
+
+__attribute__((noinline)) int unwind_user_stack_bounded(struct bpf_perf_event_data *ctx, __u32 tgid,
+							__u32 incarnation, __u32 gen)
+{
+	return unwind_user_stack(ctx, tgid, incarnation, gen, true);
+}
+
 /*
  * The one place that captures a user stack: an id into `stacks`, or an
  * enum stack_status saying why there is none.
  */
 static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
 						void *stacks, __u32 gen, __u32 tgid,
-						__u32 incarnation)
+						__u32 incarnation, const bool bounded)
 {
 	struct stack_trace *trace;
 	__u32 zero = 0;
@@ -662,7 +745,10 @@ static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
 	if (!table_unwind)
 		return store_stack(ctx, stacks, gen, BPF_F_USER_STACK,
 				   STAT_USER_STACK_MAP_FULL, STAT_USER_STACK_ERROR);
-	status = unwind_user_stack(ctx, tgid, incarnation, gen);
+	if (bounded)
+		status = unwind_user_stack_bounded(ctx, tgid, incarnation, gen);
+	else
+		status = unwind_user_stack_loop(ctx, tgid, incarnation, gen);
 	if (status == UNWIND_WALK_NO_USER_STACK)
 		return STACK_NONE;
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
@@ -678,13 +764,16 @@ static __always_inline __u64 capture_user_stack(struct bpf_perf_event_data *ctx,
 
 /* The sampled thread's Python frames as a stack id, or STACK_NONE. */
 static __always_inline __u64 capture_python_stack(void *stacks, __u32 gen, __u32 tgid,
-						  __u32 incarnation)
+						  __u32 incarnation, const bool bounded)
 {
 	struct stack_trace *trace;
 	__u32 zero = 0;
 	int status;
 
-	status = walk_python(tgid, incarnation);
+	if (bounded)
+		status = walk_python_bounded(tgid, incarnation);
+	else
+		status = walk_python_loop(tgid, incarnation);
 	if (status <= 0)
 		return STACK_NONE;
 	trace = bpf_map_lookup_elem(&stack_scratch, &zero);
@@ -697,7 +786,7 @@ static __always_inline __u64 capture_python_stack(void *stacks, __u32 gen, __u32
 }
 
 static __always_inline int record(struct bpf_perf_event_data *ctx,
-				  void *counts, void *stacks, __u32 gen)
+				  void *counts, void *stacks, __u32 gen, const bool bounded)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct sample_key key = {};
@@ -720,9 +809,9 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 	}
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	key.incarnation = incarnation_of(key.tgid, gen);
-	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation);
+	key.user_stack_id = capture_user_stack(ctx, stacks, gen, key.tgid, key.incarnation, bounded);
 	key.kernel_stack_id = capture_kernel_stack(ctx, stacks, gen);
-	key.python_stack_id = capture_python_stack(stacks, gen, key.tgid, key.incarnation);
+	key.python_stack_id = capture_python_stack(stacks, gen, key.tgid, key.incarnation, bounded);
 
 	count = bpf_map_lookup_elem(counts, &key);
 	if (count) {
@@ -746,13 +835,24 @@ static __always_inline int record(struct bpf_perf_event_data *ctx,
 	return 0;
 }
 
+/* The sampler for kernels with bpf_loop (5.17). */
 SEC("perf_event")
 int sample(struct bpf_perf_event_data *ctx)
 {
 	/* Each branch names its maps directly, as the verifier wants. */
 	if (generation & 1)
-		return record(ctx, &counts1, &stacks1, 1);
-	return record(ctx, &counts0, &stacks0, 0);
+		return record(ctx, &counts1, &stacks1, 1, false);
+	return record(ctx, &counts0, &stacks0, 0, false);
+}
+
+/* The same sampler without bpf_loop, for older kernels. Userspace loads
+ * one of the two. */
+SEC("perf_event")
+int sample_bounded(struct bpf_perf_event_data *ctx)
+{
+	if (generation & 1)
+		return record(ctx, &counts1, &stacks1, 1, true);
+	return record(ctx, &counts0, &stacks0, 0, true);
 }
 
 /* Raw tracepoints attach through bpf() alone, without tracefs mounted.

@@ -6,7 +6,8 @@
  * thread's PyThreadState (glibc keeps pthread TSS values in struct
  * pthread, which on x86_64 is where the thread's fs base points), then
  * follows the frame chain from the thread's current frame outwards, one
- * frame per bpf_loop iteration, recording each frame's code object and
+ * frame per iteration of bpf_loop (or of a bounded loop on kernels
+ * without it, to the same depth), recording each frame's code object and
  * instruction. Nothing is named here: userspace reads the code objects.
  */
 #ifndef TASKPROF_PYTHON_BPF_H
@@ -54,15 +55,23 @@ struct python_loop {
 	__u32 frame_entry;
 };
 
+/*
+ * Hides what the compiler knows of `value`, so that a bounds check on it
+ * stays in the program, right before the access it guards. Otherwise clang
+ * drops the check as implied by an earlier one, and older verifiers (6.1's,
+ * which lose a 32-bit value's bounds when it is spilled to the stack and
+ * read back) see an unbounded index.
+ */
+#define TASKPROF_OPAQUE(value) asm volatile("" : "+r"(value))
+
 static __always_inline long python_stop(struct python_state *state, __u32 status)
 {
 	state->status = status;
 	return 1;
 }
 
-static long python_step(__u64 index, void *arg)
+static __always_inline long python_frame(struct python_loop *loop)
 {
-	struct python_loop *loop = arg;
 	struct python_state *state;
 	struct stack_trace *trace;
 	__u64 frame, code = 0, instr = 0, back = 0;
@@ -88,6 +97,7 @@ static long python_step(__u64 index, void *arg)
 		/* The shim below an activation: the frame above it was the
 		 * activation's outermost. */
 		slot = 2 * count - 1;
+		TASKPROF_OPAQUE(slot);
 		if (count > 0 && slot < TASKPROF_MAX_STACK_DEPTH)
 			trace->ips[slot] |= PYTHON_FRAME_ENTRY;
 		return 0;
@@ -112,6 +122,7 @@ static long python_step(__u64 index, void *arg)
 		break;
 	}
 	slot = 2 * count;
+	TASKPROF_OPAQUE(slot);
 	if (slot > TASKPROF_MAX_STACK_DEPTH - 2)
 		return python_stop(state, PYTHON_DEPTH);
 	/* Both slots through one bounded pointer: the verifier's range for
@@ -122,6 +133,27 @@ static long python_step(__u64 index, void *arg)
 	state->count = count + 1;
 	trace->len = 2 * (count + 1);
 	return 0;
+}
+
+static long python_step(__u64 index, void *arg)
+{
+	return python_frame(arg);
+}
+
+/* One frame, for the bounded loop: a global function with scalar
+ * arguments, so the verifier checks it once. */
+__attribute__((noinline)) int python_frame_bounded(__u32 layout, __u32 frame_back, __u32 frame_code,
+						   __u32 frame_instr, __u32 frame_entry)
+{
+	struct python_loop loop = {
+		.layout = layout,
+		.frame_back = frame_back,
+		.frame_code = frame_code,
+		.frame_instr = frame_instr,
+		.frame_entry = frame_entry,
+	};
+
+	return python_frame(&loop) ? 1 : 0;
 }
 
 static __always_inline int read_user_ptr(__u64 *value, __u64 address)
@@ -160,10 +192,9 @@ static __always_inline __u64 python_thread_state(struct python_process *proc)
 
 /*
  * Walks the current thread's Python frames into `stack_scratch` and
- * returns how the walk ended, or 0 when the thread runs no Python. A
- * global function, checked once.
+ * returns how the walk ended, or 0 when the thread runs no Python.
  */
-__attribute__((noinline)) int walk_python(__u32 tgid, __u32 incarnation)
+static __always_inline int walk_python(__u32 tgid, __u32 incarnation, const bool bounded)
 {
 	struct python_loop loop = {};
 	struct python_process *proc;
@@ -202,11 +233,30 @@ __attribute__((noinline)) int walk_python(__u32 tgid, __u32 incarnation)
 	trace->len = 0;
 	/* Shim frames take iterations without taking slots: allow for one
 	 * per recorded frame. */
-	bpf_loop(2 * TASKPROF_MAX_PYTHON_FRAMES + 2, python_step, &loop, 0);
+	if (bounded) {
+		for (int i = 0; i < 2 * TASKPROF_MAX_PYTHON_FRAMES + 2; i++) {
+			if (python_frame_bounded(loop.layout, loop.frame_back, loop.frame_code,
+						 loop.frame_instr, loop.frame_entry))
+				break;
+		}
+	} else {
+		bpf_loop(2 * TASKPROF_MAX_PYTHON_FRAMES + 2, python_step, &loop, 0);
+	}
 	trace->status = state->status;
 	if (state->count == 0)
 		return 0;
 	return state->status;
+}
+
+/* Global functions, checked once each (see unwind_user_stack_loop). */
+__attribute__((noinline)) int walk_python_loop(__u32 tgid, __u32 incarnation)
+{
+	return walk_python(tgid, incarnation, false);
+}
+
+__attribute__((noinline)) int walk_python_bounded(__u32 tgid, __u32 incarnation)
+{
+	return walk_python(tgid, incarnation, true);
 }
 
 #endif /* TASKPROF_PYTHON_BPF_H */

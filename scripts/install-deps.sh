@@ -7,7 +7,8 @@
 #                                    the unwinding tests' compilers, perf and workloads,
 #                                    and PyPI's opentelemetry-proto in target/otlp-venv)
 #   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
-#                                    for benches/peers.sh
+#                                    for benches/peers.sh, node and a JDK for
+#                                    benches/agent-memory.sh
 #   scripts/install-deps.sh --soak   build dependencies and what scripts/soak.sh uses
 set -euo pipefail
 
@@ -25,7 +26,10 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     # util-linux (unshare, setpriv): the capability tests confine the agent.
     # python3-dev: the headers of /usr/bin/python3, against which
     #   tests/integration/python_offsets.rs checks the CPython offset table.
-    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev)
+    # qemu-system-x86, busybox-static, cpio: scripts/kernel-matrix.sh boots
+    #   Debian's kernels (5.10 and up) with an initramfs around the binary.
+    packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev
+        qemu-system-x86 busybox-static cpio)
 elif [[ "${1:-}" == "--soak" ]]; then
     # python3: the soak's receiver and load; curl: its /metrics scrapes;
     # gnuplot-nox: its figure.
@@ -34,7 +38,9 @@ fi
 if [[ "${1:-}" == "--bench" ]]; then
     # benches/peers.sh: bpftrace is the other BPF profiler it compares
     # with; bc does its arithmetic; time (GNU) measures peak RSS.
-    packages+=(bpftrace bc time)
+    # benches/agent-memory.sh: node and a JVM are the large programs the
+    # agent names while they run.
+    packages+=(bpftrace bc time nodejs openjdk-17-jdk-headless)
 fi
 
 missing=()

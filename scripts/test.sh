@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs the whole suite: formatting, lints,
 # Kubernetes manifest validation, unit and integration tests (these load
-# the real BPF program: run as root).
+# the real BPF program: run as root), and the oldest kernel of the kernel
+# matrix booted under qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -10,3 +11,7 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 scripts/validate-manifests.sh
 cargo test --locked
+# The oldest kernel of the kernel matrix (Debian 11's 5.10) under qemu:
+# about 2.5 minutes, plus the release build. The whole matrix is
+# `scripts/kernel-matrix.sh` (README, "The kernel matrix").
+scripts/kernel-matrix.sh bullseye

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::bpf::{
-    online_cpu_count, pthread_specific_offset, task_fsbase_offset, ProcessEvent, PythonWalkOffsets, RawSample,
-    SampleStats, Sampler, SamplerConfig, Window,
+    online_cpu_count, pthread_specific_offset, task_fsbase_offset, Forced, Loaded, ProcessEvent, PythonWalkOffsets,
+    RawSample, SampleStats, Sampler, SamplerConfig, Window,
 };
 use crate::process::{ProcessKey, ProcessTable};
 use crate::python::processes::PythonProcesses;
@@ -95,6 +95,7 @@ impl Session {
         config.tgids = settings.pids.clone();
         config.verifier_log = settings.verifier_log;
         config.table_unwind = settings.unwind_table_memory.is_some();
+        config.forced = Forced::from_env()?;
         config.include_idle = settings.include_idle;
         let mut notes = Vec::new();
         if settings.python {
@@ -115,12 +116,16 @@ impl Session {
                 ),
             }
         }
-        let python = config.python.map(|_| PythonProcesses::default());
         let sampler = Sampler::load(config)?;
+        // A fallback variant may have turned the unwinder and the Python
+        // walker off.
+        let python = sampler.config().python.map(|_| PythonProcesses::default());
+        let unwind_table_memory = settings.unwind_table_memory.filter(|_| sampler.config().table_unwind);
+        notes.extend(sampler.loaded().fallbacks.iter().map(|why| format!("warning: {why}")));
         let mut session = Session {
             sampler,
             processes: ProcessTable::new(),
-            unwind: settings.unwind_table_memory.map(UnwindManager::new),
+            unwind: unwind_table_memory.map(UnwindManager::new),
             unwind_forgotten: Vec::new(),
             unwind_missing: Vec::new(),
             python,
@@ -142,6 +147,12 @@ impl Session {
             }
         }
         Ok(session)
+    }
+
+    /// How the sampler was loaded: its variant, verifier instructions and
+    /// load time.
+    pub fn loaded(&self) -> &Loaded {
+        self.sampler.loaded()
     }
 
     /// Starts sampling.

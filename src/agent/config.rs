@@ -197,6 +197,7 @@ pub fn is_usage_error(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.is::<ConfigError>()
             || cause.is::<AgentConfigError>()
+            || cause.is::<crate::bpf::VariantError>()
             || matches!(cause.downcast_ref::<LoggingError>(), Some(LoggingError::BadLevel(_)))
     })
 }

@@ -113,6 +113,17 @@ pub struct Metrics {
     /// frame), and samples in the interpreter taken before the walker had
     /// the process (`not_loaded`).
     pub python_stacks: Family<ResultLabels, Counter>,
+    /// `taskprof_bpf_variant{variant}`: 1 for the BPF sampler variant this
+    /// kernel runs (`bpf_loop+task_pt_regs`, `bounded_loop+task_stack+...`;
+    /// see the README's kernel table).
+    pub bpf_variant: Family<VariantLabels, Gauge>,
+}
+
+/// The `variant` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct VariantLabels {
+    /// The variant's name.
+    pub variant: String,
 }
 
 /// The `kind` label of `taskprof_samples_total`.
@@ -362,6 +373,13 @@ impl Metrics {
                 None,
                 Family::default(),
             ),
+            bpf_variant: register(
+                &mut r,
+                "taskprof_bpf_variant",
+                "The BPF sampler variant this kernel runs (always 1)",
+                None,
+                Family::default(),
+            ),
             python_stacks: register(
                 &mut r,
                 "taskprof_python_stacks",
@@ -444,6 +462,15 @@ impl Metrics {
     /// Adds to `taskprof_stacks_lost_total{cause}`.
     pub fn add_stacks_lost(&self, cause: &str, count: u64) {
         self.stacks_lost.get_or_create(&cause_labels(cause)).inc_by(count);
+    }
+
+    /// Sets `taskprof_bpf_variant{variant}` to 1.
+    pub fn set_bpf_variant(&self, variant: &str) {
+        self.bpf_variant
+            .get_or_create(&VariantLabels {
+                variant: variant.to_string(),
+            })
+            .set(1);
     }
 
     /// Sets `taskprof_ready`.

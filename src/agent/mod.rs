@@ -111,8 +111,11 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     session.attach()?;
     ready.store(true, Ordering::SeqCst);
     metrics.set_ready(true);
+    let loaded = session.loaded();
+    metrics.set_bpf_variant(&loaded.variant.to_string());
     tracing::info!(
         frequency_hz = config.sampling.frequency_hz,
+        bpf = %loaded.describe(),
         window = %humantime::format_duration(config.sampling.window),
         protocol = ?config.delivery.upload.protocol,
         metrics = %metrics_address,

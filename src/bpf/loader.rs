@@ -11,6 +11,7 @@ use std::time::Duration;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, RingBufferBuilder};
 
+use super::features::{Features, Forced, UserRegs, Variant, Walk};
 use super::perf_events::{online_cpus, open_cpu_clock};
 use super::skel::{ProfilerSkel, ProfilerSkelBuilder};
 use super::stacks::StackReader;
@@ -37,6 +38,8 @@ pub struct SamplerConfig {
     /// thread-specific values: (offset of the fs base in `task_struct`,
     /// offset of glibc's first block of values). None turns it off.
     pub python: Option<PythonWalkOffsets>,
+    /// Fallbacks to use whatever the kernel supports (tests, diagnosis).
+    pub forced: Forced,
 }
 
 /// The kernel's and glibc's offsets the Python walker needs.
@@ -66,6 +69,7 @@ impl SamplerConfig {
             table_unwind: true,
             include_idle: false,
             python: None,
+            forced: Forced::default(),
         }
     }
 }
@@ -127,6 +131,9 @@ pub enum SamplerError {
         #[source]
         source: libbpf_rs::Error,
     },
+    /// The kernel lacks something the sampler cannot do without.
+    #[error("{0}")]
+    Kernel(String),
     /// A map could not be configured or read.
     #[error("failed to access BPF map `{map}`")]
     Map {
@@ -148,7 +155,48 @@ pub struct Sampler {
     generation: u32,
     config: SamplerConfig,
     cpus: Vec<u32>,
+    loaded: Loaded,
 }
+
+/// How the sampler was loaded on this kernel.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// What the kernel's BPF can do.
+    pub features: Features,
+    /// The variant loaded.
+    pub variant: Variant,
+    /// Instructions the verifier processed, from the kernel (5.16+) or
+    /// its log.
+    pub verified_insns: Option<u64>,
+    /// Time the kernel took to load (verify) the programs.
+    pub load_time: Duration,
+    /// The fallbacks taken because a variant did not load (or was forced),
+    /// one line each, for a warning.
+    pub fallbacks: Vec<String>,
+}
+
+impl Loaded {
+    /// `BPF sampler <variant> (<n> instructions verified, loaded in <ms> ms)`,
+    /// for summary lines and logs.
+    pub fn describe(&self) -> String {
+        let verified = self
+            .verified_insns
+            .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+        format!(
+            "BPF sampler {} ({verified} instructions verified, loaded in {} ms)",
+            self.variant,
+            self.load_time.as_millis()
+        )
+    }
+}
+
+/// Hash map sizes when maps must be preallocated (kernels before 6.1,
+/// where perf_event programs cannot use maps that allocate on use): every
+/// entry takes memory from the start, so the big maps are capped.
+const PREALLOCATED_STACKS: u32 = 32768;
+const PREALLOCATED_COUNTS: u32 = 65536;
+/// An unwind_process entry is 8 KiB.
+const PREALLOCATED_UNWIND_PROCESSES: u32 = 2048;
 
 /// libbpf's messages from the current load, kept for error reports.
 static LIBBPF_LOG: Mutex<String> = Mutex::new(String::new());
@@ -240,9 +288,65 @@ impl Sampler {
     }
 
     /// Loads the program and sets up its maps without sampling yet, so
-    /// that unwind tables can be loaded before the first sample.
+    /// that unwind tables can be loaded before the first sample. Probes
+    /// the kernel first and loads the variant it supports; if the table
+    /// unwinder cannot load at all, loads the frame-pointer walk instead
+    /// (see [`Loaded::fallbacks`] and [`load_attempts`]).
     pub fn load(config: SamplerConfig) -> Result<Sampler, SamplerError> {
         check_capabilities()?;
+        let features = Features::probe();
+        let variant = Variant::choose(&features, &config.forced).map_err(SamplerError::Kernel)?;
+        let mut fallbacks = Vec::new();
+        if variant.frame_pointers {
+            fallbacks.push(format!(
+                "{} forces frame pointers: user stacks follow frame pointers only and Python frames are off",
+                super::features::VARIANT_ENV
+            ));
+        }
+        let mut first_error = None;
+        for attempt in load_attempts(variant) {
+            let attempt_config = if attempt.frame_pointers {
+                SamplerConfig {
+                    table_unwind: false,
+                    python: None,
+                    ..config.clone()
+                }
+            } else {
+                config.clone()
+            };
+            if attempt != variant {
+                // Only the first line: with --verifier-log the log follows.
+                let why = first_error
+                    .as_ref()
+                    .map(|err: &SamplerError| err.to_string())
+                    .unwrap_or_default();
+                let why = why.lines().next().unwrap_or_default();
+                fallbacks.push(if attempt.frame_pointers {
+                    format!(
+                        "the table unwinder could not load on this kernel, so user stacks follow frame pointers \
+                         only and Python frames are off ({why})"
+                    )
+                } else {
+                    format!("the bpf_loop sampler could not load on this kernel, so it walks in a bounded loop ({why})")
+                });
+            }
+            match Sampler::load_variant(attempt_config, features, attempt, fallbacks.clone()) {
+                Err(err @ SamplerError::Load { .. }) => {
+                    tracing::debug!(variant = %attempt, error = %err, "BPF sampler variant did not load");
+                    first_error.get_or_insert(err);
+                }
+                other => return other,
+            }
+        }
+        Err(first_error.unwrap_or_else(|| SamplerError::Kernel("no BPF sampler variant to load".into())))
+    }
+
+    fn load_variant(
+        config: SamplerConfig,
+        features: Features,
+        variant: Variant,
+        fallbacks: Vec<String>,
+    ) -> Result<Sampler, SamplerError> {
         let cpus = online_cpus().map_err(SamplerError::Cpus)?;
 
         if let Ok(mut log) = LIBBPF_LOG.lock() {
@@ -270,13 +374,30 @@ impl Sampler {
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = ProfilerSkelBuilder::default().open(storage).map_err(load_error)?;
         let map_error = |map: &'static str| move |source| SamplerError::Map { map, source };
+        let (mut stack_entries, mut counts_entries) = (config.stack_map_entries, config.counts_map_entries);
+        if variant.preallocated {
+            stack_entries = stack_entries.min(PREALLOCATED_STACKS);
+            counts_entries = counts_entries.min(PREALLOCATED_COUNTS);
+            for (map, name) in [
+                (&mut open.maps.stacks0, "stacks"),
+                (&mut open.maps.stacks1, "stacks"),
+                (&mut open.maps.counts0, "counts"),
+                (&mut open.maps.counts1, "counts"),
+                (&mut open.maps.python_processes, "python_processes"),
+                (&mut open.maps.unwind_processes, "unwind_processes"),
+            ] {
+                map.set_map_flags(0).map_err(map_error(name))?;
+            }
+            open.maps
+                .unwind_processes
+                .set_max_entries(PREALLOCATED_UNWIND_PROCESSES)
+                .map_err(map_error("unwind_processes"))?;
+        }
         for map in [&mut open.maps.stacks0, &mut open.maps.stacks1] {
-            map.set_max_entries(config.stack_map_entries)
-                .map_err(map_error("stacks"))?;
+            map.set_max_entries(stack_entries).map_err(map_error("stacks"))?;
         }
         for map in [&mut open.maps.counts0, &mut open.maps.counts1] {
-            map.set_max_entries(config.counts_map_entries)
-                .map_err(map_error("counts"))?;
+            map.set_max_entries(counts_entries).map_err(map_error("counts"))?;
         }
         let filter_len = (config.tgids.len() as u32).max(1);
         open.maps
@@ -286,18 +407,49 @@ impl Sampler {
         if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
             rodata.filter_tgids = !config.tgids.is_empty();
             rodata.table_unwind = config.table_unwind;
+            rodata.have_task_pt_regs = variant.user_regs == UserRegs::TaskPtRegs;
+            if variant.user_regs == UserRegs::TaskStack {
+                rodata.task_stack_offset = super::python::task_stack_offset().map_err(SamplerError::Kernel)?;
+            }
             rodata.include_idle = config.include_idle;
             if let Some(python) = config.python {
                 rodata.task_fsbase_offset = python.task_fsbase;
                 rodata.pthread_specific_offset = python.pthread_specific;
             }
         }
+        // One sampler program is loaded: the other's instructions would
+        // be checked, and fail, even where nothing reaches them.
+        let bounded = variant.walk == Walk::BoundedLoop;
+        open.progs.sample.set_autoload(!bounded);
+        open.progs.sample_bounded.set_autoload(bounded);
+        // The verifier's statistics (BPF_LOG_STATS) give the instruction
+        // count on kernels without fdinfo's verified_insns (before 5.16).
+        let program = if bounded {
+            &mut open.progs.sample_bounded
+        } else {
+            &mut open.progs.sample
+        };
+        // With --verifier-log, the instructions too (1), so a rejection
+        // shows its path.
+        program.set_log_level(if config.verifier_log { 1 | 4 } else { 4 });
         let load_started = std::time::Instant::now();
         let skel = open.load().map_err(load_error)?;
+        let load_time = load_started.elapsed();
+        let log = LIBBPF_LOG.lock().map(|l| l.clone()).unwrap_or_default();
         libbpf_rs::set_print(None);
+        let loaded = Loaded {
+            features,
+            variant,
+            verified_insns: program_info(sample_program(&skel, variant), "verified_insns:")
+                .or_else(|| verified_from_log(&log)),
+            load_time,
+            fallbacks,
+        };
         tracing::debug!(
-            verified_insns = program_info(&skel, "verified_insns:"),
-            load_ms = load_started.elapsed().as_millis() as u64,
+            variant = %variant,
+            features = %features.describe(),
+            verified_insns = loaded.verified_insns,
+            load_ms = load_time.as_millis() as u64,
             "BPF program loaded"
         );
 
@@ -348,7 +500,13 @@ impl Sampler {
             generation: 0,
             config,
             cpus,
+            loaded,
         })
+    }
+
+    /// How the sampler was loaded: the variant, its features and cost.
+    pub fn loaded(&self) -> &Loaded {
+        &self.loaded
     }
 
     /// Attaches a cpu-clock perf event on every CPU: sampling starts.
@@ -366,9 +524,7 @@ impl Sampler {
                     hint,
                 }
             })?;
-            let link = skel
-                .progs
-                .sample
+            let link = sample_program(skel, self.loaded.variant)
                 .attach_perf_event(fd.as_raw_fd())
                 .map_err(|source| SamplerError::Attach { cpu, source })?;
             // The link now owns the perf event and closes it on detach.
@@ -445,9 +601,10 @@ impl Sampler {
     /// nanoseconds and run count. They stay zero unless the sysctl
     /// `kernel.bpf_stats_enabled` is 1.
     pub fn program_run_stats(&self) -> Option<(u64, u64)> {
+        let program = sample_program(&self.skel, self.loaded.variant);
         Some((
-            program_info(&self.skel, "run_time_ns:")?,
-            program_info(&self.skel, "run_cnt:")?,
+            program_info(program, "run_time_ns:")?,
+            program_info(program, "run_cnt:")?,
         ))
     }
 
@@ -516,7 +673,14 @@ impl Sampler {
         };
         let stacks = StackReader::new(stacks);
         let mut found = Vec::new();
-        for key_bytes in counts.keys() {
+        // In batches: one system call per thousand keys, where walking the
+        // keys one by one took one per key, every look (5 a second), and
+        // doubled the agent's CPU with Python on. A look is best effort: a
+        // stack a failed batch misses is named when the window is drained.
+        let Ok(entries) = counts.lookup_batch(LOOK_BATCH, MapFlags::ANY, MapFlags::ANY) else {
+            return found;
+        };
+        for (key_bytes, _) in entries {
             let Some(key) = super::abi::read::<types::sample_key>(&key_bytes) else {
                 continue;
             };
@@ -531,16 +695,59 @@ impl Sampler {
     }
 }
 
+/// The variants to try, in order, starting from the one the probes chose:
+/// a verifier can still reject a variant its kernel's features allow, so
+/// the bpf_loop walk falls back to the bounded loop, and both to the
+/// kernel's frame-pointer walk without the unwinder and the Python walker
+/// (in the bounded-loop program, whose unused paths hold no callback).
+fn load_attempts(chosen: Variant) -> Vec<Variant> {
+    let bounded = Variant {
+        walk: Walk::BoundedLoop,
+        ..chosen
+    };
+    let mut attempts = vec![chosen];
+    if chosen.walk == Walk::BpfLoop {
+        attempts.push(bounded);
+    }
+    if !chosen.frame_pointers {
+        attempts.push(Variant {
+            frame_pointers: true,
+            ..bounded
+        });
+    }
+    attempts
+}
+
+/// The sampling program `variant` loads.
+fn sample_program<'a>(skel: &'a ProfilerSkel<'static>, variant: Variant) -> &'a libbpf_rs::ProgramMut<'static> {
+    match variant.walk {
+        Walk::BpfLoop => &skel.progs.sample,
+        Walk::BoundedLoop => &skel.progs.sample_bounded,
+    }
+}
+
+/// The verifier's `processed N insns` from a load's log.
+fn verified_from_log(log: &str) -> Option<u64> {
+    log.lines().rev().find_map(|line| {
+        let rest = line.split("processed ").nth(1)?;
+        let (count, rest) = rest.split_once(' ')?;
+        rest.starts_with("insns").then(|| count.parse().ok())?
+    })
+}
+
 /// A numeric field (`name` with its colon) of the kernel's fdinfo for the
 /// sampling program: run statistics, instructions verified.
-fn program_info(skel: &ProfilerSkel<'static>, name: &str) -> Option<u64> {
+fn program_info(program: &libbpf_rs::ProgramMut<'static>, name: &str) -> Option<u64> {
     use std::os::fd::AsFd;
-    let fd = skel.progs.sample.as_fd().as_raw_fd();
+    let fd = program.as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
+
+/// Keys read per system call when looking for new Python stacks.
+const LOOK_BATCH: u32 = 1024;
 
 /// How long to wait after switching generations before reading the old one.
 const GENERATION_GRACE: Duration = Duration::from_millis(10);
@@ -623,4 +830,49 @@ fn read_samples(counts: &libbpf_rs::Map<'_>, stacks: &libbpf_rs::Map<'_>) -> Res
         });
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{load_attempts, verified_from_log};
+    use crate::bpf::{Features, Forced, Variant, Walk};
+
+    #[test]
+    fn a_rejected_variant_falls_back_to_the_bounded_loop_then_to_frame_pointers() {
+        let chosen = Variant::choose(&Features::ALL, &Forced::default()).unwrap();
+        let names: Vec<String> = load_attempts(chosen).iter().map(|v| v.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                "bpf_loop+task_pt_regs",
+                "bounded_loop+task_pt_regs",
+                "bounded_loop+task_pt_regs+frame_pointers"
+            ]
+        );
+        let bounded = Variant {
+            walk: Walk::BoundedLoop,
+            ..chosen
+        };
+        let bounded_fp = Variant {
+            frame_pointers: true,
+            ..bounded
+        };
+        assert_eq!(load_attempts(bounded), [bounded, bounded_fp]);
+        let forced_fp = Variant {
+            frame_pointers: true,
+            ..chosen
+        };
+        assert_eq!(load_attempts(forced_fp), [forced_fp, bounded_fp]);
+    }
+
+    #[test]
+    fn the_verifier_instruction_count_is_read_from_its_statistics_line() {
+        let log = "libbpf: prog 'sample_bounded': -- BEGIN PROG LOAD LOG --\n\
+                   func#1 @94\n\
+                   processed 9356 insns (limit 1000000) max_states_per_insn 4 total_states 512 peak_states 498 mark_read 41\n\
+                   -- END PROG LOAD LOG --\n";
+        assert_eq!(verified_from_log(log), Some(9356));
+        assert_eq!(verified_from_log("processed all maps\n"), None);
+        assert_eq!(verified_from_log(""), None);
+    }
 }

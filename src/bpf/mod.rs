@@ -4,6 +4,7 @@
 //! layout it reads comes from the skeleton's generated `types`.
 
 mod abi;
+mod features;
 mod loader;
 mod perf_events;
 mod python;
@@ -15,7 +16,8 @@ mod skel {
     include!(concat!(env!("OUT_DIR"), "/profiler.skel.rs"));
 }
 
-pub use loader::{ProcessEvent, PythonWalkOffsets, Sampler, SamplerConfig, SamplerError, Window};
+pub use features::{Features, Forced, UserRegs, Variant, VariantError, Walk, VARIANT_ENV};
+pub use loader::{Loaded, ProcessEvent, PythonWalkOffsets, Sampler, SamplerConfig, SamplerError, Window};
 pub use python::{pthread_specific_offset, task_fsbase_offset, PythonWalk};
 pub use stacks::{PythonFrame, PythonStack, PythonStop, Stack, StackLoss, Truncation};
 

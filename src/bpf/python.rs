@@ -2,7 +2,8 @@
 //! offset of the user fs base in the kernel's `task_struct` (from the
 //! kernel's BTF), the offset of glibc's thread-specific values in its
 //! `struct pthread` (measured on taskprof's own thread), and the
-//! per-process entries of `python_processes`.
+//! per-process entries of `python_processes`. The kernel's BTF also gives
+//! the sampler `task_struct.stack` on kernels without `bpf_task_pt_regs`.
 
 use std::ffi::OsStr;
 use std::os::unix::fs::FileExt;
@@ -25,6 +26,15 @@ pub fn task_fsbase_offset() -> Result<u32, String> {
     let thread = member_offset(&btf, "task_struct", "thread")?;
     let fsbase = member_offset(&btf, "thread_struct", "fsbase")?;
     Ok(thread + fsbase)
+}
+
+/// The byte offset of `stack` in the kernel's `struct task_struct`: where
+/// the sampler finds a task's kernel stack, and on it the user registers,
+/// on kernels without `bpf_task_pt_regs` (see src/bpf/features.rs).
+pub fn task_stack_offset() -> Result<u32, String> {
+    let btf =
+        Btf::from_path(KERNEL_BTF).map_err(|err| format!("cannot read the kernel's BTF at {KERNEL_BTF}: {err}"))?;
+    member_offset(&btf, "task_struct", "stack")
 }
 
 /// The byte offset of the member `member` of `struct name`, looking into

@@ -36,11 +36,15 @@ pub struct Summary {
     /// Samples in a Python interpreter taken before the walker had their
     /// process.
     pub python_not_loaded: u64,
+    /// The BPF sampler's variant, verifier instructions and load time
+    /// ([`crate::bpf::Loaded::describe`]).
+    pub sampler: String,
 }
 
 /// Runs a one-shot profile. `stop` is set by the signal handlers.
 pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> {
     let mut session = Session::load(&config.session_settings())?;
+    let sampler = session.loaded().describe();
     session.attach()?;
     report_stage("load and attach");
     let started_at = SystemTime::now();
@@ -126,6 +130,7 @@ pub fn run(config: ProfileConfig, stop: &AtomicBool) -> anyhow::Result<Summary> 
         processing: processing_started.elapsed(),
         interrupted,
         python_not_loaded: python.as_ref().map_or(0, |p| p.not_loaded_samples()),
+        sampler,
     })
 }
 
@@ -139,7 +144,7 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
     };
     format!(
         "taskprof: {} samples from {} processes in {:.1}s{}; idle {}; lost {} (counts map full {}, other {}); \
-         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}wrote {}; {}",
+         stacks lost {} (user: map full {}, error {}; kernel: map full {}, error {}); {}{}{}; wrote {}; {}",
         summary.samples_written,
         summary.processes,
         summary.sampled_for.as_secs_f64(),
@@ -155,6 +160,7 @@ pub fn summary_line(summary: &Summary, path: &std::path::Path, format: OutputFor
         s.kernel_stack_error,
         unwind_summary(s),
         python_summary(s, summary.python_not_loaded),
+        summary.sampler,
         path.display(),
         open
     )

@@ -42,6 +42,11 @@ impl ObjectFile {
     pub fn handle_path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
+
+    /// The file's size in bytes, or 0 if it cannot be read.
+    pub fn size(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
 }
 
 /// What kind of memory an executable mapping is.

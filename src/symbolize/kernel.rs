@@ -19,35 +19,50 @@ impl KernelSymbols {
         Self::load_from(Path::new("/proc/kallsyms"))
     }
 
-    /// Reads a kallsyms-format file.
+    /// Reads a kallsyms-format file line by line: the text (5 MiB and
+    /// more) is never held whole.
     pub fn load_from(path: &Path) -> KernelSymbols {
-        std::fs::read_to_string(path)
-            .map(|text| Self::parse(&text))
-            .unwrap_or_default()
+        match std::fs::File::open(path) {
+            Ok(file) => Self::parse_lines(std::io::BufRead::lines(std::io::BufReader::new(file)).map_while(Result::ok)),
+            Err(_) => KernelSymbols::default(),
+        }
     }
 
     /// Parses kallsyms text: `ADDRESS TYPE NAME [MODULE]` lines; only text
     /// symbols (types t, T, w, W) are kept.
     pub fn parse(text: &str) -> KernelSymbols {
-        let mut entries: Vec<(u64, &str)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_ascii_whitespace();
-                let address = u64::from_str_radix(parts.next()?, 16).ok()?;
-                let kind = parts.next()?;
-                let name = parts.next()?;
-                (address != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((address, name))
-            })
-            .collect();
+        Self::parse_lines(text.lines())
+    }
+
+    fn parse_lines<S: AsRef<str>>(lines: impl Iterator<Item = S>) -> KernelSymbols {
+        // Names in reading order, then sorted by address through an index
+        // of (address, name start, name end).
+        let mut read_names = String::new();
+        let mut entries: Vec<(u64, u32, u32)> = Vec::new();
+        for line in lines {
+            let mut parts = line.as_ref().split_ascii_whitespace();
+            let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(address) = u64::from_str_radix(address, 16) else {
+                continue;
+            };
+            if address == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
+                continue;
+            }
+            let start = read_names.len() as u32;
+            read_names.push_str(name);
+            entries.push((address, start, read_names.len() as u32));
+        }
         entries.sort_by_key(|e| e.0);
         let mut table = KernelSymbols {
             addresses: Vec::with_capacity(entries.len()),
             name_ends: Vec::with_capacity(entries.len()),
-            names: String::with_capacity(entries.iter().map(|e| e.1.len()).sum()),
+            names: String::with_capacity(read_names.len()),
         };
-        for (address, name) in entries {
+        for (address, start, end) in entries {
             table.addresses.push(address);
-            table.names.push_str(name);
+            table.names.push_str(&read_names[start as usize..end as usize]);
             table.name_ends.push(table.names.len() as u32);
         }
         table

@@ -290,7 +290,11 @@ impl Symbolizer {
             // well, which evicting the file alone would keep cached.
             self.blaze = new_blaze();
             self.parsed.clear();
-            crate::util::memory::release_free_heap();
+            // Trimming walks the whole heap: worth it after a large file
+            // only, not after each of a host's hundred small libraries.
+            if object.size() >= TRIM_AFTER_FILE_BYTES {
+                crate::util::memory::release_free_heap();
+            }
         }
     }
 
@@ -438,6 +442,10 @@ impl Symbolizer {
     }
 }
 
+/// Files at least this large have their freed parse state given back to
+/// the system at once (see [`ParsedFiles::ReleaseAfterUse`]).
+const TRIM_AFTER_FILE_BYTES: u64 = 16 << 20;
+
 fn new_blaze() -> blazesym::symbolize::Symbolizer {
     blazesym::symbolize::Symbolizer::builder()
         // Files are opened through handles that never change under a
@@ -479,5 +487,68 @@ fn code_file(info: Option<&blazesym::symbolize::CodeInfo<'_>>) -> String {
             _ => PathBuf::from(&*info.file).display().to_string(),
         },
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::{MappingKind, ProcessKey, ProcessTable};
+
+    #[inline(never)]
+    fn marker() -> u64 {
+        marker as fn() -> u64 as usize as u64
+    }
+
+    /// Symbolizes this test binary's `marker` through a fresh table;
+    /// returns the table (which holds the file open) and the file's key.
+    fn symbolize_own_marker(symbolizer: &mut Symbolizer) -> (ProcessTable, FileKey) {
+        let mut table = ProcessTable::new();
+        let me = ProcessKey::new(std::process::id(), 1);
+        table.observe(me);
+        let info = table.get(me).expect("own process captured");
+        let address = marker();
+        let mapping = info.mapping_for(address).expect("own code is mapped").clone();
+        let MappingKind::Object(key) = mapping.kind else {
+            panic!("own binary not opened: {mapping:?}")
+        };
+        let offset = address - mapping.start + mapping.offset;
+        symbolizer.symbolize_object(key, table.object(key).expect("object"), &[offset]);
+        let lines = symbolizer.object_lines(key, offset).expect("cached");
+        assert!(lines.iter().any(|l| l.function.name.contains("marker")), "{lines:?}");
+        (table, key)
+    }
+
+    #[test]
+    fn parsed_files_are_released_after_windows_without_use_and_names_stay() {
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        let (_table, _) = symbolize_own_marker(&mut symbolizer);
+        assert_eq!(symbolizer.parsed_files(), 1);
+        for _ in 0..3 {
+            symbolizer.end_window();
+            assert_eq!(symbolizer.parsed_files(), 1, "released before three idle windows");
+        }
+        symbolizer.end_window();
+        assert_eq!(symbolizer.parsed_files(), 0, "kept after three windows without use");
+        assert!(symbolizer.cached_addresses() > 0, "the names found are kept");
+    }
+
+    #[test]
+    fn one_pass_symbolizing_releases_each_file_at_once_with_the_same_names() {
+        let mut kept = Symbolizer::new();
+        let (_table, key) = symbolize_own_marker(&mut kept);
+        let mut released = Symbolizer::new();
+        released.set_parsed_files(ParsedFiles::ReleaseAfterUse);
+        let (_table2, key2) = symbolize_own_marker(&mut released);
+        assert_eq!(released.parsed_files(), 0);
+        assert_eq!(key, key2);
+        assert_eq!(kept.cached_addresses(), released.cached_addresses());
+        for (k, lines) in &kept.user {
+            assert_eq!(
+                released.user.get(k),
+                Some(lines),
+                "names, lines and inlined frames must not change"
+            );
+        }
     }
 }

@@ -28,4 +28,5 @@ mod profile_python;
 mod profile_signals;
 mod profile_stacks;
 mod profile_unwind;
+mod profile_variants;
 mod python_offsets;

@@ -2,24 +2,33 @@
 //! summary line and left out of the profile, unless `--include-idle`
 //! keeps them as perf does.
 
+use std::time::{Duration, Instant};
+
 use crate::common::{record_pprof_with, ProfileView, RecordedProfile};
 
 /// Tries to catch idle time on a machine that may be busy (CI runs two
-/// tests at once): short whole-host profiles at a high rate until one saw
-/// an idle CPU, judged by `saw_idle`.
+/// tests at once, and the other may keep a CPU busy): short whole-host
+/// profiles at a high rate, so that even a gap of a fraction of a
+/// millisecond is sampled, until one saw an idle CPU (judged by
+/// `saw_idle`), for up to a minute.
 fn whole_host_profile_with_idle(extra: &[&str], saw_idle: impl Fn(&RecordedProfile) -> bool) -> RecordedProfile {
-    let mut args = vec!["--frequency", "999"];
+    let mut args = vec!["--frequency", "4999"];
     args.extend_from_slice(extra);
-    let mut last = None;
-    for _ in 0..8 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0;
+    loop {
         let recorded = record_pprof_with(&[], "1s", &args);
+        attempts += 1;
         if saw_idle(&recorded) {
             return recorded;
         }
-        last = Some(recorded);
+        assert!(
+            Instant::now() < deadline,
+            "{attempts} whole-host profiles of 1 s at 4999 Hz over a minute never sampled an idle CPU \
+             (is every CPU kept busy?):\n{}",
+            recorded.run.stderr
+        );
     }
-    let stderr = last.map(|r| r.run.stderr).unwrap_or_default();
-    panic!("eight whole-host profiles of 1 s at 999 Hz never sampled an idle CPU:\n{stderr}");
 }
 
 /// The `idle N` figure of the summary line.

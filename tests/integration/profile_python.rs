@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{record_pprof_with, scratch_dir, ChildGuard, ProfileView, Stack};
+use crate::common::{record_pprof_env, record_pprof_with, scratch_dir, ChildGuard, ProfileView, Stack};
 
 /// The chain every fixture runs: serve() → handle_request() → leaf_hash().
 const CHAIN_SCRIPT: &str = include_str!("../fixtures/python/chain.py");
@@ -82,8 +82,13 @@ fn python_frames(view: &ProfileView, sample: &crate::common::Sample) -> Vec<(Str
 /// Checks that at least CHAIN_SHARE of `fixture`'s samples show the chain
 /// root→leaf with the fixture's file and the lines of the calls.
 fn assert_chain_named(python: &Path) {
+    assert_chain_named_env(python, &[]);
+}
+
+/// [`assert_chain_named`] with `env` in taskprof's environment.
+fn assert_chain_named_env(python: &Path, env: &[(&str, &str)]) {
     let fixture = PythonFixture::spawn(python, CHAIN_SCRIPT, 6.0);
-    let recorded = record_pprof_with(&[fixture.pid()], "3s", &[]);
+    let recorded = record_pprof_env(&[fixture.pid()], "3s", &[], env);
     let view = ProfileView::new(&recorded.profile);
     let script = fixture.script();
     let want = [
@@ -165,6 +170,17 @@ const SYSTEM_PYTHON: &str = "/usr/bin/python3";
 #[test]
 fn system_python_names_the_whole_chain() {
     assert_chain_named(Path::new(SYSTEM_PYTHON));
+}
+
+/// The walker of kernels without bpf_loop (before 5.17), a bounded loop,
+/// names the same chain: forced here on this kernel, with the rest of the
+/// Linux 5.10 variant.
+#[test]
+fn system_python_names_the_whole_chain_with_the_linux_5_10_variant() {
+    assert_chain_named_env(
+        Path::new(SYSTEM_PYTHON),
+        &[("TASKPROF_BPF_VARIANT", "bounded_loop+task_stack+preallocated")],
+    );
 }
 
 #[test]

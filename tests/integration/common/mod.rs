@@ -285,8 +285,18 @@ where
     I: IntoIterator,
     I::Item: AsRef<OsStr>,
 {
+    spawn_taskprof_env(args, cwd, &[])
+}
+
+/// [`spawn_taskprof`] with `env` added to its environment.
+pub fn spawn_taskprof_env<I>(args: I, cwd: &Path, env: &[(&str, &str)]) -> RunningTaskprof
+where
+    I: IntoIterator,
+    I::Item: AsRef<OsStr>,
+{
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskprof"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -449,6 +459,11 @@ pub fn record_pprof(pids: &[u32], duration: &str) -> RecordedProfile {
 /// [`record_pprof`] with `extra_args` added to `taskprof profile` (e.g.
 /// `--unwind=fp`).
 pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> RecordedProfile {
+    record_pprof_env(pids, duration, extra_args, &[])
+}
+
+/// [`record_pprof_with`] with `env` added to taskprof's environment.
+pub fn record_pprof_env(pids: &[u32], duration: &str, extra_args: &[&str], env: &[(&str, &str)]) -> RecordedProfile {
     let dir = scratch_dir();
     let output = dir.path().join("profile.pb.gz");
     let mut args: Vec<String> = vec![
@@ -463,7 +478,7 @@ pub fn record_pprof_with(pids: &[u32], duration: &str, extra_args: &[&str]) -> R
         args.push("--pid".to_owned());
         args.push(pid.to_string());
     }
-    let run = run_taskprof(&args, dir.path(), RUN_TIMEOUT);
+    let run = spawn_taskprof_env(&args, dir.path(), env).wait(RUN_TIMEOUT);
     run.assert_success();
     let profile = read_pprof(&output);
     RecordedProfile {
