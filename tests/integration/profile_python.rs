@@ -87,7 +87,7 @@ fn assert_chain_named(python: &Path) {
 
 /// [`assert_chain_named`] with `env` in taskprof's environment.
 fn assert_chain_named_env(python: &Path, env: &[(&str, &str)]) {
-    let fixture = PythonFixture::spawn(python, CHAIN_SCRIPT, 6.0);
+    let fixture = PythonFixture::spawn(python, CHAIN_SCRIPT, 20.0);
     let recorded = record_pprof_env(&[fixture.pid()], "3s", &[], env);
     let view = ProfileView::new(&recorded.profile);
     let script = fixture.script();
@@ -232,7 +232,7 @@ end = time.time() + float(sys.argv[1])
 while time.time() < end:
     digest_all()
 "#;
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 6.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "3s", &[]);
     let view = ProfileView::new(&recorded.profile);
     let stacks = view.stacks_for_pid(fixture.pid());
@@ -277,7 +277,7 @@ t.start()
 spin_a(end)
 t.join()
 "#;
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 6.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "3s", &[]);
     let view = ProfileView::new(&recorded.profile);
     let mut per_thread: std::collections::BTreeMap<i64, (i64, i64, i64)> = Default::default();
@@ -314,7 +314,7 @@ def napper(end):
 
 napper(time.time() + float(sys.argv[1]))
 "#;
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 6.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), source, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "3s", &[]);
     let view = ProfileView::new(&recorded.profile);
     let stacks = view.stacks_for_pid(fixture.pid());
@@ -481,7 +481,7 @@ fn a_python_started_while_sampling_is_found_from_its_first_seconds() {
 
 #[test]
 fn python_off_leaves_native_stacks_only() {
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 5.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "2s", &["--python=off"]);
     let view = ProfileView::new(&recorded.profile);
     let stacks = view.stacks_for_pid(fixture.pid());
@@ -504,7 +504,7 @@ fn an_unsupported_cpython_keeps_native_stacks_and_says_why_once() {
         println!("skipped: no pyenv build of CPython 3.7 under ~/.pyenv/versions");
         return;
     };
-    let fixture = PythonFixture::spawn(&python, CHAIN_SCRIPT, 5.0);
+    let fixture = PythonFixture::spawn(&python, CHAIN_SCRIPT, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "2s", &[]);
     let view = ProfileView::new(&recorded.profile);
     let stacks = view.stacks_for_pid(fixture.pid());
@@ -517,7 +517,7 @@ fn an_unsupported_cpython_keeps_native_stacks_and_says_why_once() {
 
 #[test]
 fn the_summary_line_counts_python_samples() {
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 5.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "2s", &[]);
     let stderr = &recorded.run.stderr;
     let line = stderr
@@ -539,7 +539,7 @@ fn the_summary_line_counts_python_samples() {
 
 #[test]
 fn go_tool_pprof_lists_python_source_lines() {
-    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 5.0);
+    let fixture = PythonFixture::spawn(Path::new(SYSTEM_PYTHON), CHAIN_SCRIPT, 20.0);
     let recorded = record_pprof_with(&[fixture.pid()], "2s", &[]);
     let output = Command::new(crate::common::go())
         .args(["tool", "pprof", "-list", "leaf_hash"])
