@@ -173,16 +173,9 @@ pub fn kallsyms(data: &[u8]) {
     let symbols = KernelSymbols::parse(&text);
     let mut kept = 0;
     for line in text.lines() {
-        let mut parts = line.split_ascii_whitespace();
-        let (Some(address), Some(kind), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        let Some((address, _)) = crate::symbolize::kallsyms_line(line) else {
             continue;
         };
-        let Ok(address) = u64::from_str_radix(address, 16) else {
-            continue;
-        };
-        if address == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
-            continue;
-        }
         kept += 1;
         let name = symbols.lookup(address).expect("a kept symbol is found at its address");
         assert!(

@@ -40,16 +40,9 @@ impl KernelSymbols {
         let mut read_names = String::new();
         let mut entries: Vec<(u64, u32, u32)> = Vec::new();
         for line in lines {
-            let mut parts = line.as_ref().split_ascii_whitespace();
-            let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            let Some((address, name)) = kallsyms_line(line.as_ref()) else {
                 continue;
             };
-            let Ok(address) = u64::from_str_radix(address, 16) else {
-                continue;
-            };
-            if address == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
-                continue;
-            }
             let start = read_names.len() as u32;
             read_names.push_str(name);
             entries.push((address, start, read_names.len() as u32));
@@ -90,12 +83,24 @@ impl KernelSymbols {
     }
 }
 
+/// The address and name of one kallsyms line (`ADDRESS TYPE NAME
+/// [MODULE]`) if it is a text symbol (types t, T, w, W) at a non-zero
+/// address; `None` for every other line.
+pub(crate) fn kallsyms_line(line: &str) -> Option<(u64, &str)> {
+    let mut parts = line.split_ascii_whitespace();
+    let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let address = u64::from_str_radix(address, 16).ok()?;
+    (address != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((address, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::KernelSymbols;
 
     #[test]
-    fn lookup_picks_the_preceding_text_symbol() {
+    fn lookup_picks_the_preceding_kallsyms_line() {
         let table = KernelSymbols::parse(
             "ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff81000080 D some_data\n\
              0000000000000000 T hidden\nffffffffc0000000 t mod_fn\t[mymod]\ngarbage\n",

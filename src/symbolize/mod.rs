@@ -20,6 +20,7 @@ use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized};
 
 pub use demangle::demangle;
+pub(crate) use kernel::kallsyms_line;
 pub use kernel::KernelSymbols;
 pub use perf_map::{PerfMap, PerfMapRead, PerfMapRefusal, PerfMapStamp, MAX_PERF_MAP_BYTES};
 
