@@ -27,7 +27,7 @@ pub struct CauseLabels {
 /// The label of the symbol cache's bytes: which part of it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct PartLabels {
-    /// `names` or `parsed`.
+    /// `names`, `parsed` or `kernel`.
     pub part: String,
 }
 
@@ -101,8 +101,9 @@ pub struct Metrics {
     /// `taskprof_unwind_table_bytes`: kernel memory of the loaded tables' rows.
     pub unwind_table_bytes: Gauge,
     /// `taskprof_symbol_cache_bytes{part}`: the symbol caches' heap and
-    /// mapped bytes after the last window, `names` (counted) and `parsed`
-    /// (blazesym's parsed files, estimated).
+    /// mapped bytes after the last window, `names` (counted), `parsed`
+    /// (blazesym's parsed files, estimated) and `kernel` (the kallsyms
+    /// table, counted).
     pub symbol_cache_bytes: Family<PartLabels, Gauge>,
     /// `taskprof_symbol_parsed_files`: files whose parsed symbol tables
     /// are kept after the last window.
@@ -365,7 +366,7 @@ impl Metrics {
             symbol_cache_bytes: register(
                 &mut r,
                 "taskprof_symbol_cache_bytes",
-                "Bytes the symbol caches hold after the last window: names (counted) and parsed files (estimated)",
+                "Bytes the symbol caches hold after the last window: names (counted), parsed files (estimated), the kernel's symbol table",
                 None,
                 Family::default(),
             ),
@@ -498,7 +499,11 @@ impl Metrics {
 
     /// Sets `taskprof_symbol_cache_bytes` and `taskprof_symbol_parsed_files`.
     pub fn set_symbol_cache(&self, bytes: crate::symbolize::SymbolCacheBytes, parsed_files: usize) {
-        for (part, value) in [("names", bytes.names), ("parsed", bytes.parsed)] {
+        for (part, value) in [
+            ("names", bytes.names),
+            ("parsed", bytes.parsed),
+            ("kernel", bytes.kernel),
+        ] {
             self.symbol_cache_bytes
                 .get_or_create(&PartLabels { part: part.into() })
                 .set(value as i64);

@@ -150,17 +150,20 @@ impl Default for CacheBudget {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SymbolCacheBytes {
     /// The names found, counted: per address frames (user and kernel),
-    /// the functions they name, the kernel symbol table and perf maps.
+    /// the functions they name, and perf maps.
     pub names: u64,
     /// blazesym's parsed state of the files it holds, estimated from their
     /// symbol and string tables (and DWARF sections with debug info).
     pub parsed: u64,
+    /// The kernel's symbol table, counted: read from kallsyms at the first
+    /// kernel frame and kept (a few MiB, whatever runs).
+    pub kernel: u64,
 }
 
 impl SymbolCacheBytes {
-    /// Both parts.
+    /// All parts.
     pub fn total(&self) -> u64 {
-        self.names + self.parsed
+        self.names + self.parsed + self.kernel
     }
 }
 
@@ -323,6 +326,7 @@ impl Symbolizer {
         SymbolCacheBytes {
             names: self.names_bytes(),
             parsed: self.parsed.values().map(|file| file.bytes).sum(),
+            kernel: self.kernel_symbols.as_ref().map_or(0, KernelSymbols::heap_bytes),
         }
     }
 
@@ -334,14 +338,13 @@ impl Symbolizer {
             .map(|cached| lines_bytes(&cached.lines) + ENTRY_BYTES)
             .sum::<u64>();
         let functions = self.functions.iter().map(|f| function_bytes(f) + 8).sum::<u64>();
-        let kernel_symbols = self.kernel_symbols.as_ref().map_or(0, KernelSymbols::heap_bytes);
         let perf_maps = self
             .perf_maps
             .values()
             .filter_map(|cached| cached.map.as_ref())
             .map(PerfMap::heap_bytes)
             .sum::<u64>();
-        entries + functions + kernel_symbols + perf_maps
+        entries + functions + perf_maps
     }
 
     /// Files whose parsed state is held now.
@@ -786,7 +789,10 @@ mod tests {
         let held = symbolizer.cache_bytes();
         // This test binary keeps its symbol table: the estimate counts it.
         let symtab = std::fs::metadata(std::env::current_exe().unwrap()).unwrap().len();
-        assert!(held.parsed > 0 && held.parsed < symtab, "{held:?} of a {symtab}-byte file");
+        assert!(
+            held.parsed > 0 && held.parsed < symtab,
+            "{held:?} of a {symtab}-byte file"
+        );
         assert!(held.names > 0, "{held:?}");
         for _ in 0..4 {
             symbolizer.end_window();
@@ -838,7 +844,10 @@ mod tests {
         });
         symbolizer.end_window();
         assert!(symbolizer.object_lines(key, other).is_some(), "the newer one stays");
-        assert!(symbolizer.object_lines(key, marker_offset).is_none(), "the older one goes");
+        assert!(
+            symbolizer.object_lines(key, marker_offset).is_none(),
+            "the older one goes"
+        );
         assert!(symbolizer.cache_bytes().names <= functions + one_entry);
     }
 
