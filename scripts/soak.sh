@@ -23,6 +23,9 @@
 # Usage (root): scripts/soak.sh            # one hour
 #               SOAK_MINUTES=10 scripts/soak.sh
 set -euo pipefail
+# One compound command: bash reads all of it before running any, so editing
+# this file during an hour-long run cannot change the run.
+{
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
@@ -186,3 +189,4 @@ status=0
 gnuplot -e "dir='$DIR'" scripts/soak/plot.gnuplot
 echo "soak.sh: plot in $DIR/soak.png"
 exit $status
+}
