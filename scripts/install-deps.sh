@@ -87,3 +87,15 @@ if ! command -v cargo >/dev/null; then
     fi
     exit 1
 fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    # cargo-fuzz, pinned, for the short fuzzing run of scripts/test.sh
+    # (scripts/fuzz.sh); built into target/cargo-tools so that nothing
+    # outside the checkout is written.
+    cargo_fuzz=0.13.2
+    tools="$(cd "$(dirname "$0")/.." && pwd)/target/cargo-tools"
+    if [[ "$("$tools/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]]; then
+        echo "install-deps: building cargo-fuzz $cargo_fuzz into target/cargo-tools" >&2
+        cargo install --quiet --locked --root "$tools" cargo-fuzz --version "$cargo_fuzz"
+    fi
+fi

@@ -65,6 +65,11 @@ pub struct Metrics {
     pub otlp_profiles_rejected: Counter,
     /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
     pub spool_evictions: Counter,
+    /// `taskprof_windows_resent_after_restart_total`: spooled windows whose
+    /// send was under way when the agent last stopped without finishing it
+    /// (killed, or the machine lost power); they are sent again, so the
+    /// backend may receive them twice.
+    pub windows_resent_after_restart: Counter,
     /// `taskprof_spool_bytes`: current size of the spool.
     pub spool_bytes: Gauge,
     /// `taskprof_spool_windows`: windows currently waiting in the spool.
@@ -260,6 +265,13 @@ impl Metrics {
                 &mut r,
                 "taskprof_spool_evictions",
                 "Spooled windows evicted to keep the spool within its size bound",
+                None,
+                Counter::default(),
+            ),
+            windows_resent_after_restart: register(
+                &mut r,
+                "taskprof_windows_resent_after_restart",
+                "Spooled windows sent again after a restart because their send was under way when the agent stopped",
                 None,
                 Counter::default(),
             ),
@@ -603,6 +615,7 @@ mod tests {
             "taskprof_profiles_spooled_total 0",
             "taskprof_otlp_profiles_rejected_total 0",
             "taskprof_spool_evictions_total 0",
+            "taskprof_windows_resent_after_restart_total 0",
             "taskprof_spool_bytes 42",
             "taskprof_spool_windows 0",
             "taskprof_upload_duration_seconds_count 1",

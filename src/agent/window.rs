@@ -471,6 +471,7 @@ impl WindowProcessor {
         self.gone.retain(|_, &mut window| window >= current);
         if let Some(labeler) = &mut self.containers {
             labeler.forget(&forget);
+            labeler.end_window(current, IDLE_WINDOWS_BEFORE_SWEEP);
         }
         for key in &forget {
             session.forget(*key);
