@@ -208,8 +208,45 @@ impl Symbolizer {
         let mut elf = Elf::new(path);
         elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
-        let results = match self.blaze.symbolize(&src, Input::FileOffset(&todo)) {
-            Ok(results) => results,
+        let one_pass = self.parsed_files == ParsedFiles::ReleaseAfterUse;
+        let blaze = &self.blaze;
+        let look_up = || {
+            let results = blaze.symbolize(&src, Input::FileOffset(&todo))?;
+            // Function start lines: symbolize each function's first address.
+            let mut starts: Vec<u64> = results
+                .iter()
+                .filter_map(|r| match r {
+                    Symbolized::Sym(sym) => Some(sym.addr),
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let start_lines: HashMap<u64, u32> = blaze
+                .symbolize(&src, Input::VirtOffset(&starts))
+                .map(|found| {
+                    starts
+                        .iter()
+                        .zip(found)
+                        .filter_map(|(addr, r)| match r {
+                            Symbolized::Sym(sym) => Some((*addr, sym.code_info.as_ref()?.line?)),
+                            Symbolized::Unknown(_) => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok::<_, blazesym::Error>((results, start_lines))
+        };
+        // In one pass this symbolizer is the only thread mapping files,
+        // and blazesym keeps them mapped until it is replaced below, as
+        // dropping pages requires.
+        let found = if one_pass && object.size() >= DROP_FILE_PAGES_BYTES {
+            crate::util::memory::while_dropping_new_file_pages(look_up)
+        } else {
+            look_up()
+        };
+        let (results, start_lines) = match found {
+            Ok(found) => found,
             Err(_) => {
                 // Not ELF, or unreadable: every offset gets the file+offset frame.
                 for offset in &todo {
@@ -220,31 +257,6 @@ impl Symbolizer {
                 return;
             }
         };
-
-        // Function start lines: symbolize each function's first address.
-        let mut starts: Vec<u64> = results
-            .iter()
-            .filter_map(|r| match r {
-                Symbolized::Sym(sym) => Some(sym.addr),
-                Symbolized::Unknown(_) => None,
-            })
-            .collect();
-        starts.sort_unstable();
-        starts.dedup();
-        let start_lines: HashMap<u64, u32> = self
-            .blaze
-            .symbolize(&src, Input::VirtOffset(&starts))
-            .map(|found| {
-                starts
-                    .iter()
-                    .zip(found)
-                    .filter_map(|(addr, r)| match r {
-                        Symbolized::Sym(sym) => Some((*addr, sym.code_info.as_ref()?.line?)),
-                        Symbolized::Unknown(_) => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
 
         let mut entries = Vec::with_capacity(todo.len());
         for (offset, result) in todo.iter().zip(results) {
@@ -447,6 +459,12 @@ impl Symbolizer {
 /// the system at once (see [`ParsedFiles::ReleaseAfterUse`]).
 const TRIM_AFTER_FILE_BYTES: u64 = 16 << 20;
 
+/// Files at least this large (or whose debug files may be: a 2 MB libc
+/// has a 6 MB one) have the pages blazesym maps dropped as it reads them
+/// ([`crate::util::memory::while_dropping_new_file_pages`]) in one pass.
+/// Smaller files are not worth the thread that does it.
+const DROP_FILE_PAGES_BYTES: u64 = 1 << 20;
+
 fn new_blaze() -> blazesym::symbolize::Symbolizer {
     blazesym::symbolize::Symbolizer::builder()
         // Files are opened through handles that never change under a
@@ -514,7 +532,12 @@ mod tests {
             panic!("own binary not opened: {mapping:?}")
         };
         let offset = address - mapping.start + mapping.offset;
-        symbolizer.symbolize_object(key, table.object(key).expect("object"), &[offset]);
+        // And 400 addresses spread over the whole of the code, so that
+        // the comparisons below cover many units, lines and inlined frames.
+        let step = ((mapping.end - mapping.start) / 400).max(1);
+        let mut offsets: Vec<u64> = (0..400).map(|i| mapping.offset + i * step).collect();
+        offsets.push(offset);
+        symbolizer.symbolize_object(key, table.object(key).expect("object"), &offsets);
         let lines = symbolizer.object_lines(key, offset).expect("cached");
         assert!(lines.iter().any(|l| l.function.name.contains("marker")), "{lines:?}");
         (table, key)
@@ -535,6 +558,9 @@ mod tests {
     }
 
     #[test]
+    /// One pass also drops the pages blazesym maps while it reads this
+    /// test binary (hundreds of MiB of DWARF), so this is the proof that
+    /// dropping them changes no name, line or inlined frame.
     fn one_pass_symbolizing_releases_each_file_at_once_with_the_same_names() {
         let mut kept = Symbolizer::new();
         let (_table, key) = symbolize_own_marker(&mut kept);
@@ -544,6 +570,11 @@ mod tests {
         assert_eq!(released.parsed_files(), 0);
         assert_eq!(key, key2);
         assert_eq!(kept.cached_addresses(), released.cached_addresses());
+        assert!(
+            released.user.values().filter(|lines| lines.len() > 1).count() > 10
+                && released.user.values().filter(|lines| lines[0].line > 0).count() > 100,
+            "too few inlined frames and lines to compare"
+        );
         for (k, lines) in &kept.user {
             assert_eq!(
                 released.user.get(k),
