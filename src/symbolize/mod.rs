@@ -364,9 +364,19 @@ impl Symbolizer {
         if todo.is_empty() {
             return;
         }
-        let symbols = self.kernel_symbols.get_or_insert_with(KernelSymbols::load);
-        for addr in todo {
-            let lines = match symbols.lookup(addr) {
+        // One pass names its addresses while reading kallsyms, without
+        // keeping the table; a symbolizer that lives on keeps it.
+        let names: Vec<Option<String>> =
+            if self.parsed_files == ParsedFiles::ReleaseAfterUse && self.kernel_symbols.is_none() {
+                kernel::name_addresses(std::path::Path::new("/proc/kallsyms"), &todo)
+            } else {
+                let symbols = self.kernel_symbols.get_or_insert_with(KernelSymbols::load);
+                todo.iter()
+                    .map(|&addr| symbols.lookup(addr).map(str::to_string))
+                    .collect()
+            };
+        for (addr, name) in todo.into_iter().zip(names) {
+            let lines = match name.as_deref() {
                 Some(name) => {
                     let function = intern(&mut self.functions, name, String::new(), 0);
                     Arc::from(vec![LineInfo { function, line: 0 }])
@@ -575,6 +585,20 @@ mod tests {
                 && released.user.values().filter(|lines| lines[0].line > 0).count() > 100,
             "too few inlined frames and lines to compare"
         );
+        // Kernel frames: named while reading kallsyms in one pass, from
+        // the kept table otherwise.
+        let table = KernelSymbols::load();
+        let kernel: Vec<u64> = table.addresses().step_by(101).flat_map(|a| [a, a + 7]).collect();
+        kept.symbolize_kernel(&kernel);
+        released.symbolize_kernel(&kernel);
+        assert!(released.kernel_symbols.is_none(), "one pass kept the kallsyms table");
+        for address in &kernel {
+            assert_eq!(
+                kept.kernel_lines(*address),
+                released.kernel_lines(*address),
+                "at {address:#x}"
+            );
+        }
         for (k, lines) in &kept.user {
             assert_eq!(
                 released.user.get(k),
