@@ -135,7 +135,10 @@ for ((round = 1; round <= repeat; round++)); do
     done
 done
 
-column() { awk -v c="$2" '{print $c}' "$work/$1.results" | median; }
+column() {
+    [[ -f $work/$1.results ]] || { echo "-"; return; }
+    awk -v c="$2" '{print $c}' "$work/$1.results" | median
+}
 echo
 echo "load average (1, 5, 15 min) at the start: $load_at_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| measure (median of $repeat, whole host, ${hz} Hz, ${seconds} s, 2 busy chain processes) | perf record -a -g | bpftrace profile:hz:$hz | taskprof ${TASKPROF_ARGS:-} |"
