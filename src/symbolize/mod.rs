@@ -490,6 +490,16 @@ impl Symbolizer {
             entries.push(((key, *offset), CachedLines { lines, used: window }));
         }
         self.user.extend(entries);
+        if self
+            .parsed
+            .get(&key)
+            .is_some_and(|file| file.bytes > self.budget.parsed_bytes)
+        {
+            // Over the bound alone: it would go at the end of the window
+            // anyway, and held until then it would add to the next large
+            // file's state, so the window's peak would be their sum.
+            self.release_parsed(key);
+        }
         if self.parsed_files == ParsedFiles::ReleaseAfterUse {
             // A fresh blazesym drops the debug files a file led to as
             // well, which evicting the file alone would keep cached.
@@ -851,17 +861,28 @@ mod tests {
     }
 
     #[test]
-    fn files_over_the_parsed_budget_are_released_after_the_window_that_used_them() {
+    fn files_over_the_parsed_budget_are_released_once_their_addresses_are_named() {
         let mut symbolizer = Symbolizer::with_debug_info(false);
         symbolizer.set_budget(CacheBudget {
             parsed_bytes: 1,
             ..CacheBudget::default()
         });
         let (_table, _) = symbolize_own_marker(&mut symbolizer);
-        assert_eq!(symbolizer.parsed_files(), 1);
-        symbolizer.end_window();
-        assert_eq!(symbolizer.parsed_files(), 0, "over the budget");
+        assert_eq!(
+            symbolizer.parsed_files(),
+            0,
+            "over the budget by itself: released at once"
+        );
         assert!(symbolizer.cached_addresses() > 0, "the names found stay");
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        let (_table, _) = symbolize_own_marker(&mut symbolizer);
+        assert_eq!(symbolizer.parsed_files(), 1, "within the budget: kept");
+        symbolizer.set_budget(CacheBudget {
+            parsed_bytes: 1,
+            ..CacheBudget::default()
+        });
+        symbolizer.end_window();
+        assert_eq!(symbolizer.parsed_files(), 0, "over the budget at the end of the window");
     }
 
     #[test]
