@@ -148,32 +148,48 @@ pub fn while_dropping_new_file_pages<T>(work: impl FnOnce() -> T) -> T {
     let before: rustc_hash::FxHashSet<FileMapping> = shared_read_only_file_mappings().into_iter().collect();
     let (done, finished) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|scope| {
-        scope.spawn(move || loop {
-            for mapping in shared_read_only_file_mappings() {
-                if before.contains(&mapping) {
-                    continue;
+        scope.spawn(move || {
+            let mut new = Vec::new();
+            for round in 0u64.. {
+                // Files are mapped rarely, and reading the maps costs more
+                // than dropping pages: once the first new file is found,
+                // they are looked at every 8th round.
+                if new.is_empty() || round % MAPS_EVERY_ROUNDS == 0 {
+                    new = shared_read_only_file_mappings();
+                    new.retain(|mapping| !before.contains(mapping));
                 }
-                // SAFETY: the range is a read-only shared file mapping made
-                // during `work`, which stays mapped until `work` returns
-                // and this thread has ended (see above); dropping its pages
-                // changes no data.
-                unsafe {
-                    libc::madvise(
-                        mapping.start as *mut libc::c_void,
-                        mapping.end - mapping.start,
-                        libc::MADV_DONTNEED,
-                    );
+                drop_pages(&new);
+                match finished.recv_timeout(FILE_PAGES_PERIOD) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
                 }
-            }
-            match finished.recv_timeout(FILE_PAGES_PERIOD) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                _ => break,
             }
         });
         let result = work();
         drop(done);
         result
     })
+}
+
+/// How many rounds of [`while_dropping_new_file_pages`] share one read of
+/// `/proc/self/maps`.
+const MAPS_EVERY_ROUNDS: u64 = 8;
+
+/// Drops the pages of `mappings` (see [`while_dropping_new_file_pages`]).
+fn drop_pages(mappings: &[FileMapping]) {
+    for mapping in mappings {
+        // SAFETY: the range is a read-only shared file mapping made
+        // during `work`, which stays mapped until `work` returns
+        // and this thread has ended (see above); dropping its pages
+        // changes no data.
+        unsafe {
+            libc::madvise(
+                mapping.start as *mut libc::c_void,
+                mapping.end - mapping.start,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
 }
 
 /// Blocks at least this large get their own mapping, unmapped on free.
