@@ -4,7 +4,9 @@
 # AGENT_MEMORY_BUSY seconds (60) while a busy node, a busy JVM (OpenJDK)
 # and a rustc build run, then AGENT_MEMORY_AFTER seconds (40) after they
 # are gone. Prints the agent's RSS (VmRSS) at start, its peak while they
-# run, and at the end, with the symbol files it had parsed by then.
+# run (sampled each second, and the kernel's VmHWM, which sees every
+# burst), and at the end, each split into heap (anonymous) and mapped
+# files, with the load average at each point.
 #
 # Usage, as root from the repository: benches/agent-memory.sh
 # AGENT_MEMORY_TASKPROF names another taskprof binary (e.g. an older build).
@@ -26,6 +28,12 @@ cleanup() {
 trap cleanup EXIT
 
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' /proc/"$1"/status; }
+# "RSS MiB (anon A, files F)" of a pid.
+rss_split() {
+    awk '$1 == "VmRSS:" {r = $2} $1 == "RssAnon:" {a = $2} $1 == "RssFile:" {f = $2}
+        END {printf "%d MiB (heap %d, files %d)", r / 1024, a / 1024, f / 1024}' /proc/"$1"/status
+}
+load() { cut -d' ' -f1 /proc/loadavg; }
 
 mkdir -p "$work/out" "$work/spool"
 "$taskprof" agent --upload-protocol file --upload-url "$work/out" --spool-dir "$work/spool" \
@@ -34,6 +42,8 @@ agent=$!
 pids+=("$agent")
 sleep 6
 start=$(rss_kib "$agent")
+start_split=$(rss_split "$agent")
+start_load=$(load)
 
 # The programs: node and a JVM computing, and rustc compiling a crate.
 cat >"$work/Spin.java" <<'EOF'
@@ -53,21 +63,31 @@ node -e "const end = Date.now() + $busy * 1000; let s = 0; while (Date.now() < e
 ) & pids+=($!)
 
 peak=$start
+peak_split=$start_split
+peak_load=$(load)
 end=$((SECONDS + busy))
 while ((SECONDS < end)); do
     now=$(rss_kib "$agent")
-    ((now > peak)) && peak=$now
+    if ((now > peak)); then
+        peak=$now
+        peak_split=$(rss_split "$agent")
+        peak_load=$(load)
+    fi
     sleep 1
 done
+hwm=$(awk '$1 == "VmHWM:" {print int($2 / 1024)}' /proc/"$agent"/status)
 # The rustc loop's last compile ends by itself within seconds.
 for pid in "${pids[@]:1}"; do kill "$pid" 2>/dev/null || true; done
 sleep "$after"
-final=$(rss_kib "$agent")
+final_split=$(rss_split "$agent")
+final_load=$(load)
 kill -TERM "$agent"
 wait "$agent" || true
 
-echo "| agent at 19 Hz, whole host | RSS |"
-echo "|---|---|"
-echo "| 6 s after start | $((start / 1024)) MiB |"
-echo "| peak while node, a JVM and rustc ran (${busy} s) | $((peak / 1024)) MiB |"
-echo "| ${after} s after they exited | $((final / 1024)) MiB |"
+echo "$(date -u '+%F %H:%M UTC'); binary $taskprof; checkout $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "| agent at 19 Hz, whole host | RSS | load average |"
+echo "|---|---|---|"
+echo "| 6 s after start | $start_split | $start_load |"
+echo "| peak while node, a JVM and rustc ran (${busy} s, sampled each second) | $peak_split | $peak_load |"
+echo "| peak resident ever (VmHWM, start-up included) | $hwm MiB | |"
+echo "| ${after} s after they exited | $final_split | $final_load |"

@@ -149,7 +149,10 @@ else
     echo "quickstart: no profile.pb.gz"
     status=1
 fi
-run test "scripts/test.sh" || status=1
+# The clean root has no pyenv builds of CPython 3.7-3.13 (built from
+# source, not installable by the set-up); leave the version matrix out.
+echo "test: TASKPROF_PYTHON_MATRIX=skip (no pyenv builds in the clean root)"
+run test "TASKPROF_PYTHON_MATRIX=skip scripts/test.sh" || status=1
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "test: %d passed, %d failed, %d ignored\n", passed, failed, ignored }' "$cache/test.log"
 grep -E '^(failures:|    [a-z_:]+$)' "$cache/test.log" | head -20 || true

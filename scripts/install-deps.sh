@@ -4,7 +4,8 @@
 # sudo available).
 #   scripts/install-deps.sh          build dependencies
 #   scripts/install-deps.sh --test   build and test dependencies (go tool pprof,
-#                                    the unwinding tests' compilers, perf and workloads,
+#                                    the unwinding tests' compilers, perf and workloads
+#                                    (node among them),
 #                                    and PyPI's opentelemetry-proto in target/otlp-venv)
 #   scripts/install-deps.sh --bench  the test dependencies, and bpftrace and bc
 #                                    for benches/peers.sh, node and a JDK for
@@ -28,8 +29,10 @@ if [[ "${1:-}" == "--test" || "${1:-}" == "--bench" ]]; then
     #   tests/integration/python_offsets.rs checks the CPython offset table.
     # qemu-system-x86, busybox-static, cpio: scripts/kernel-matrix.sh boots
     #   Debian's kernels (5.10 and up) with an initramfs around the binary.
+    # nodejs: a large binary (99 MB, full symbol table) whose symbol cache
+    #   the agent must give back once it exits (tests/integration/agent_memory.rs).
     packages+=(golang-go g++ binutils linux-perf xz-utils sqlite3 libc6-dbg python3 python3-venv util-linux python3-dev
-        qemu-system-x86 busybox-static cpio)
+        qemu-system-x86 busybox-static cpio nodejs)
 elif [[ "${1:-}" == "--soak" ]]; then
     # python3: the soak's receiver and load; curl: its /metrics scrapes;
     # gnuplot-nox: its figure.
@@ -38,9 +41,9 @@ fi
 if [[ "${1:-}" == "--bench" ]]; then
     # benches/peers.sh: bpftrace is the other BPF profiler it compares
     # with; bc does its arithmetic; time (GNU) measures peak RSS.
-    # benches/agent-memory.sh: node and a JVM are the large programs the
-    # agent names while they run.
-    packages+=(bpftrace bc time nodejs openjdk-17-jdk-headless)
+    # benches/agent-memory.sh: node (from --test) and a JVM are the large
+    # programs the agent names while they run.
+    packages+=(bpftrace bc time openjdk-17-jdk-headless)
 fi
 
 missing=()
@@ -83,4 +86,16 @@ if ! command -v cargo >/dev/null; then
         echo "install-deps: no Rust toolchain; install one with rustup (https://rustup.rs), Rust 1.88 or newer" >&2
     fi
     exit 1
+fi
+
+if [[ "${1:-}" == "--test" ]]; then
+    # cargo-fuzz, pinned, for the short fuzzing run of scripts/test.sh
+    # (scripts/fuzz.sh); built into target/cargo-tools so that nothing
+    # outside the checkout is written.
+    cargo_fuzz=0.13.2
+    tools="$(cd "$(dirname "$0")/.." && pwd)/target/cargo-tools"
+    if [[ "$("$tools/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]]; then
+        echo "install-deps: building cargo-fuzz $cargo_fuzz into target/cargo-tools" >&2
+        cargo install --quiet --locked --root "$tools" cargo-fuzz --version "$cargo_fuzz"
+    fi
 fi

@@ -189,6 +189,10 @@ pub struct AgentArgs {
     #[arg(long = settings::UNWIND_TABLE_MEMORY.flag, value_name = "BYTES", value_parser = parse_byte_size, help = settings::UNWIND_TABLE_MEMORY.help_text())]
     pub unwind_table_memory: Option<u64>,
 
+    /// See [`settings::SYMBOL_CACHE_MEMORY`].
+    #[arg(long = settings::SYMBOL_CACHE_MEMORY.flag, value_name = "BYTES", value_parser = parse_byte_size, help = settings::SYMBOL_CACHE_MEMORY.help_text())]
+    pub symbol_cache_memory: Option<u64>,
+
     /// See [`settings::PYTHON`].
     #[arg(long = settings::PYTHON.flag, value_name = "SWITCH", value_parser = parse_switch, help = settings::PYTHON.help_text())]
     pub python: Option<SwitchArg>,

@@ -130,23 +130,6 @@ fn python_version(python: &Path) -> String {
     text.trim().trim_start_matches("Python ").to_string()
 }
 
-/// The pyenv build of 3.`minor`, as the integration tests find it.
-fn pyenv_python(minor: u32) -> Option<PathBuf> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"));
-    let prefix = format!("3.{minor}.");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
-        .ok()?
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|entry| entry.path().join(format!("bin/python3.{minor}")))
-        .filter(|path| path.exists())
-        .collect();
-    found.sort();
-    found.pop()
-}
-
 pub fn run() {
     println!();
     println!("| Python | `--python=on` | `--python=off` |");
@@ -714,7 +697,7 @@ fn chain_named(scripts: &Scripts) {
         &share(chain_share(system, scripts, seconds, &["--python=off"])),
     );
     for minor in 8..=13 {
-        let Some(python) = pyenv_python(minor) else {
+        let Some(python) = common::pyenv_python(minor) else {
             row(&format!("the same, CPython 3.{minor}"), "skipped: no pyenv build", "");
             continue;
         };

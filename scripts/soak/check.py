@@ -47,6 +47,7 @@ def main():
     parser.add_argument("--warmup", type=float, default=300)
     parser.add_argument("--commit", default="?")
     parser.add_argument("--minutes", default="?")
+    parser.add_argument("--scope", default="host", help="what the agent profiled: load (its cgroup) or host")
     args = parser.parse_args()
 
     with open(f"{args.dir}/minutes.csv") as rows:
@@ -65,7 +66,8 @@ def main():
             failures.append(what)
         return "ok" if ok else "FAILED"
 
-    lines = [f"Soak of agent {args.commit}, {args.minutes} min (scripts/soak.sh)", ""]
+    profiled = "the load's cgroup only" if args.scope == "load" else "the whole host"
+    lines = [f"Soak of agent {args.commit}, {args.minutes} min, profiling {profiled} (scripts/soak.sh)", ""]
     warm = next((m for m in minutes if m["elapsed_s"] >= args.warmup), minutes[0])
     last = minutes[-1]
     during = [m for m in minutes if m["elapsed_s"] >= warm["elapsed_s"]]
@@ -77,6 +79,16 @@ def main():
             f"- {name}: {warm[key]:.0f} at {warm['elapsed_s']:.0f} s, {last[key]:.0f} at the end "
             f"({growth:+.1%}), peak after warm-up {peak:.0f}: {verdict}"
         )
+    if "rss_anon_kib" in warm:
+        # Not checked, but says where RSS went: the heap, or file pages
+        # (the binary's and libraries', which the host's page cache
+        # pressure evicts and the agent faults back in).
+        for key, name in (("rss_anon_kib", "anonymous"), ("rss_file_kib", "file-backed")):
+            lo = min(m[key] for m in during)
+            hi = max(m[key] for m in during)
+            lines.append(
+                f"  - of which {name} (KiB): {warm[key]:.0f} → {last[key]:.0f}, range after warm-up {lo:.0f}–{hi:.0f}"
+            )
     wall = last["elapsed_s"] - minutes[0]["elapsed_s"]
     cpu = last["cpu_s"] - minutes[0]["cpu_s"]
     lines.append(f"- CPU: {cpu:.1f} s over {wall:.0f} s = {cpu / wall:.4f} CPU s per wall s")

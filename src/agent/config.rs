@@ -70,6 +70,8 @@ pub struct AgentSampling {
     pub python: bool,
     /// Keep the idle task's samples in the profiles.
     pub include_idle: bool,
+    /// Bytes of the symbol caches.
+    pub symbol_cache_memory: u64,
 }
 
 /// Upload, spool and shutdown settings.
@@ -232,6 +234,7 @@ impl AgentConfig {
             debug_info,
             unwind,
             unwind_table_memory,
+            symbol_cache_memory,
             python,
             include_idle,
             kubernetes: kube,
@@ -346,6 +349,12 @@ impl AgentConfig {
             cli::parse_byte_size,
         )?;
         let unwind_table_memory = (unwind == cli::UnwindArg::Dwarf).then_some(unwind_table_memory);
+        let symbol_cache_memory = sources.pick_or_default(
+            SYMBOL_CACHE_MEMORY,
+            symbol_cache_memory,
+            file.symbol_cache_memory,
+            cli::parse_byte_size,
+        )?;
         let python = sources.pick_or_default(PYTHON, python, file.python, cli::parse_switch)? == cli::SwitchArg::On;
         let include_idle = sources
             .pick(
@@ -366,6 +375,7 @@ impl AgentConfig {
                 unwind_table_memory,
                 python,
                 include_idle,
+                symbol_cache_memory,
             },
             delivery: DeliveryConfig {
                 upload,
@@ -1137,6 +1147,7 @@ struct FileSettings {
     debug_info: Option<Scalar>,
     unwind: Option<Scalar>,
     unwind_table_memory: Option<Scalar>,
+    symbol_cache_memory: Option<Scalar>,
     python: Option<Scalar>,
     include_idle: Option<Scalar>,
     kubernetes: Option<Scalar>,

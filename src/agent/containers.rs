@@ -39,7 +39,10 @@ pub struct LabelerSettings {
 /// Resolves processes to containers and pods, with a per-process cache.
 pub struct ContainerLabeler {
     settings: LabelerSettings,
-    containers: HashMap<ProcessKey, ContainerRef>,
+    /// Each process's container, with the window it was last asked about.
+    containers: HashMap<ProcessKey, (ContainerRef, u64)>,
+    /// The window being cut, for the entries' ages.
+    window: u64,
     missing_metadata: u64,
 }
 
@@ -49,6 +52,7 @@ impl ContainerLabeler {
         ContainerLabeler {
             settings,
             containers: HashMap::default(),
+            window: 0,
             missing_metadata: 0,
         }
     }
@@ -61,9 +65,12 @@ impl ContainerLabeler {
     /// The container a process runs in, read from its cgroup once.
     pub fn container(&mut self, key: ProcessKey) -> &ContainerRef {
         let root = &self.settings.cgroup_proc_root;
-        self.containers
+        let entry = self
+            .containers
             .entry(key)
-            .or_insert_with(|| read_container_ref(root, key.tgid))
+            .or_insert_with(|| (read_container_ref(root, key.tgid), 0));
+        entry.1 = self.window;
+        &entry.0
     }
 
     /// Whether to profile the process, and its container and pod labels.
@@ -111,5 +118,71 @@ impl ContainerLabeler {
         for key in keys {
             self.containers.remove(key);
         }
+    }
+
+    /// Ends window `window`: forgets the processes not asked about for
+    /// `idle_windows`. Kept processes are forgotten with their table entry,
+    /// but a filtered one has none, and if its exit event was lost (the
+    /// BPF ring buffer was full) nothing else would ever forget it. One
+    /// sampled again is read again, a cgroup file.
+    pub fn end_window(&mut self, window: u64, idle_windows: u64) {
+        self.window = window;
+        self.containers
+            .retain(|_, (_, asked)| asked.saturating_add(idle_windows) > window);
+    }
+
+    /// Processes whose container is cached.
+    #[cfg(test)]
+    fn cached_processes(&self) -> usize {
+        self.containers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "3c1f0a9e7b5d4c2a8f6e0d1b9a7c5e3f2d4b6a8c0e1f3a5b7d9c2e4f6a8b0c1d";
+
+    /// A proc-like directory where pid 10 runs in container `ID` and pid 20
+    /// on the host.
+    fn cgroups() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (pid, path) in [(10, format!("/taskprof-soak/{ID}")), (20, "/user.slice".to_string())] {
+            let proc_dir = dir.path().join(pid.to_string());
+            std::fs::create_dir_all(&proc_dir).expect("mkdir");
+            std::fs::write(proc_dir.join("cgroup"), format!("0::{path}\n")).expect("cgroup");
+        }
+        dir
+    }
+
+    /// Filtered-out processes have no table entry to be forgotten with: a
+    /// host process whose exit event was lost must not stay cached forever.
+    #[test]
+    fn processes_not_asked_about_for_a_while_are_forgotten() {
+        let dir = cgroups();
+        let mut labeler = ContainerLabeler::new(LabelerSettings {
+            cgroup_proc_root: dir.path().to_path_buf(),
+            pods: None,
+            filter: PodFilter {
+                container_ids: vec![ID.to_string()],
+                ..PodFilter::default()
+            },
+            keep_host_processes: true,
+            label_options: LabelOptions::default(),
+        });
+        let (container, host) = (ProcessKey::new(10, 1), ProcessKey::new(20, 1));
+        assert_eq!(
+            labeler.verdict(container),
+            Verdict::Keep(vec![("container_id".to_string(), ID.to_string())])
+        );
+        assert_eq!(labeler.verdict(host), Verdict::Drop);
+        assert_eq!(labeler.cached_processes(), 2);
+        for window in 1..=5 {
+            labeler.verdict(container);
+            labeler.end_window(window, 3);
+        }
+        assert_eq!(labeler.cached_processes(), 1, "the host process was forgotten");
+        assert_eq!(labeler.verdict(host), Verdict::Drop, "and is read again when sampled");
     }
 }

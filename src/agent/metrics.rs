@@ -24,6 +24,13 @@ pub struct CauseLabels {
     pub cause: String,
 }
 
+/// The label of the symbol cache's bytes: which part of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PartLabels {
+    /// `names`, `parsed` or `kernel`.
+    pub part: String,
+}
+
 /// The agent's metrics. Clones share the same values.
 ///
 /// Each field is a live handle: incrementing it is visible in the next
@@ -58,6 +65,11 @@ pub struct Metrics {
     pub otlp_profiles_rejected: Counter,
     /// `taskprof_spool_evictions_total`: spooled windows evicted to respect the size bound.
     pub spool_evictions: Counter,
+    /// `taskprof_windows_resent_after_restart_total`: spooled windows whose
+    /// send was under way when the agent last stopped without finishing it
+    /// (killed, or the machine lost power); they are sent again, so the
+    /// backend may receive them twice.
+    pub windows_resent_after_restart: Counter,
     /// `taskprof_spool_bytes`: current size of the spool.
     pub spool_bytes: Gauge,
     /// `taskprof_spool_windows`: windows currently waiting in the spool.
@@ -93,6 +105,17 @@ pub struct Metrics {
     pub unwind_tables: Gauge,
     /// `taskprof_unwind_table_bytes`: kernel memory of the loaded tables' rows.
     pub unwind_table_bytes: Gauge,
+    /// `taskprof_symbol_cache_bytes{part}`: the symbol caches' heap and
+    /// mapped bytes after the last window, `names` (counted), `parsed`
+    /// (blazesym's parsed files, estimated) and `kernel` (the kallsyms
+    /// table, counted).
+    pub symbol_cache_bytes: Family<PartLabels, Gauge>,
+    /// `taskprof_symbol_parsed_files`: files whose parsed symbol tables
+    /// are kept after the last window.
+    pub symbol_parsed_files: Gauge,
+    /// `process_resident_memory_bytes`: the agent's resident set (VmRSS)
+    /// after the last window, heap and mapped files alike.
+    pub resident_bytes: Gauge,
     /// `taskprof_unwind_tables_over_budget_total`: tables not loaded because
     /// `--unwind-table-memory` was used up.
     pub unwind_tables_over_budget: Counter,
@@ -245,6 +268,13 @@ impl Metrics {
                 None,
                 Counter::default(),
             ),
+            windows_resent_after_restart: register(
+                &mut r,
+                "taskprof_windows_resent_after_restart",
+                "Spooled windows sent again after a restart because their send was under way when the agent stopped",
+                None,
+                Counter::default(),
+            ),
             spool_bytes: register(
                 &mut r,
                 "taskprof_spool",
@@ -342,6 +372,27 @@ impl Metrics {
                 &mut r,
                 "taskprof_unwind_table_bytes",
                 "Kernel memory of the loaded unwind tables' rows",
+                None,
+                Gauge::default(),
+            ),
+            symbol_cache_bytes: register(
+                &mut r,
+                "taskprof_symbol_cache_bytes",
+                "Bytes the symbol caches hold after the last window: names (counted), parsed files (estimated), the kernel's symbol table",
+                None,
+                Family::default(),
+            ),
+            symbol_parsed_files: register(
+                &mut r,
+                "taskprof_symbol_parsed_files",
+                "Files whose parsed symbol tables are kept",
+                None,
+                Gauge::default(),
+            ),
+            resident_bytes: register(
+                &mut r,
+                "process_resident_memory_bytes",
+                "The agent's resident memory after the last window",
                 None,
                 Gauge::default(),
             ),
@@ -458,6 +509,20 @@ impl Metrics {
         raise_to(&self.symbolization_failures, total);
     }
 
+    /// Sets `taskprof_symbol_cache_bytes` and `taskprof_symbol_parsed_files`.
+    pub fn set_symbol_cache(&self, bytes: crate::symbolize::SymbolCacheBytes, parsed_files: usize) {
+        for (part, value) in [
+            ("names", bytes.names),
+            ("parsed", bytes.parsed),
+            ("kernel", bytes.kernel),
+        ] {
+            self.symbol_cache_bytes
+                .get_or_create(&PartLabels { part: part.into() })
+                .set(value as i64);
+        }
+        self.symbol_parsed_files.set(parsed_files as i64);
+    }
+
     #[cfg(test)]
     /// Adds to `taskprof_stacks_lost_total{cause}`.
     pub fn add_stacks_lost(&self, cause: &str, count: u64) {
@@ -550,6 +615,7 @@ mod tests {
             "taskprof_profiles_spooled_total 0",
             "taskprof_otlp_profiles_rejected_total 0",
             "taskprof_spool_evictions_total 0",
+            "taskprof_windows_resent_after_restart_total 0",
             "taskprof_spool_bytes 42",
             "taskprof_spool_windows 0",
             "taskprof_upload_duration_seconds_count 1",
@@ -559,6 +625,8 @@ mod tests {
             "taskprof_ready 0",
             "taskprof_unwind_tables 0",
             "taskprof_unwind_table_bytes 0",
+            "taskprof_symbol_parsed_files 0",
+            "process_resident_memory_bytes 0",
             "taskprof_unwind_tables_over_budget_total 0",
             "taskprof_unwind_mappings_over_limit_total 0",
             "taskprof_unwind_tables_failed_total 0",

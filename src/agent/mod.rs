@@ -31,6 +31,8 @@ use window::{SeriesLabels, WindowProcessor};
 /// the current window early, delivers it and flushes the queue within the
 /// shutdown grace; what is still undelivered then stays in the spool.
 pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    // Before any other thread starts (the arena limit applies from here).
+    crate::util::memory::return_freed_memory_promptly();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("taskprof-io")
@@ -74,7 +76,8 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
         extra: config.identity.labels.clone(),
         per_process: config.identity.series_per_process,
     };
-    let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info);
+    let mut processor = WindowProcessor::new(config.sampling.frequency_hz, labels, config.sampling.debug_info)
+        .with_symbol_cache_memory(config.sampling.symbol_cache_memory);
     if config.delivery.upload.protocol.is_otlp() {
         processor = processor.with_otlp();
     }
@@ -172,6 +175,7 @@ pub fn run(config: AgentConfig, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
             tracked_processes = session.processes().len(),
             open_files = session.processes().object_count(),
             cached_addresses = processor.cached_addresses(),
+            symbol_cache_bytes = processor.symbol_cache().0.total(),
             "window closed"
         );
         delivery.submit(batch);
@@ -223,6 +227,11 @@ fn record_window(
     metrics.set_stacks_lost_total("kernel_stacks_map_full", totals.kernel_stack_map_full);
     metrics.set_stacks_lost_total("kernel_capture_error", totals.kernel_stack_error);
     metrics.set_symbolization_failures_total(processor.symbolization_failures());
+    let (cache_bytes, parsed_files) = processor.symbol_cache();
+    metrics.set_symbol_cache(cache_bytes, parsed_files);
+    if let Some(residency) = crate::util::memory::residency() {
+        metrics.resident_bytes.set(residency.rss as i64);
+    }
     for (problem, total) in processor.perf_map_problems() {
         metrics.set_perf_map_problems_total(problem, total);
     }

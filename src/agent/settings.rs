@@ -111,6 +111,16 @@ pub const UNWIND_TABLE_MEMORY: Setting = Setting::new(
      back to frame pointers.",
 );
 
+/// `--symbol-cache-memory`.
+pub const SYMBOL_CACHE_MEMORY: Setting = Setting::new(
+    "symbol-cache-memory",
+    "symbol_cache_memory",
+    Some("32MiB"),
+    "Memory for the symbol caches, half for the names found and half for the parsed symbol tables \
+     of files; past it the least recently used go, and files are parsed again when needed \
+     (`taskprof_symbol_cache_bytes`).",
+);
+
 /// `--include-idle`.
 pub const INCLUDE_IDLE: Setting = Setting::new(
     "include-idle",
@@ -389,6 +399,7 @@ pub const ALL: &[Setting] = &[
     DEBUG_INFO,
     UNWIND,
     UNWIND_TABLE_MEMORY,
+    SYMBOL_CACHE_MEMORY,
     PYTHON,
     INCLUDE_IDLE,
     UPLOAD_URL,

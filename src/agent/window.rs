@@ -164,6 +164,17 @@ impl WindowProcessor {
         self.symbolizer.cached_addresses()
     }
 
+    /// Bounds the symbol caches to `bytes` (`--symbol-cache-memory`).
+    pub fn with_symbol_cache_memory(mut self, bytes: u64) -> WindowProcessor {
+        self.symbolizer.set_budget(crate::symbolize::CacheBudget::within(bytes));
+        self
+    }
+
+    /// What the symbol caches hold, and the files kept parsed.
+    pub fn symbol_cache(&self) -> (crate::symbolize::SymbolCacheBytes, usize) {
+        (self.symbolizer.cache_bytes(), self.symbolizer.parsed_files())
+    }
+
     /// Addresses that could not be symbolized so far.
     pub fn symbolization_failures(&self) -> u64 {
         self.symbolizer.failures()
@@ -472,6 +483,7 @@ impl WindowProcessor {
         self.gone.retain(|_, &mut window| window >= current);
         if let Some(labeler) = &mut self.containers {
             labeler.forget(&forget);
+            labeler.end_window(current, IDLE_WINDOWS_BEFORE_SWEEP);
         }
         for key in &forget {
             session.forget(*key);

@@ -13,6 +13,11 @@ pub struct KernelSymbols {
 }
 
 impl KernelSymbols {
+    /// Bytes the table holds on the heap.
+    pub fn heap_bytes(&self) -> u64 {
+        (self.addresses.capacity() * 8 + self.name_ends.capacity() * 4 + self.names.capacity()) as u64
+    }
+
     /// Reads `/proc/kallsyms`. With `kernel.kptr_restrict` hiding addresses
     /// (all zero), the table is empty and every kernel frame stays unnamed.
     pub fn load() -> KernelSymbols {

@@ -6,14 +6,20 @@
 //! and symbolized once. Kernel addresses go through kallsyms, and JIT code
 //! through `/tmp/perf-PID.map`. Nothing here fails a profile: an address
 //! that cannot be named gets a synthetic frame saying where it was.
+//!
+//! For the agent, which runs for months, every cache has a byte bound
+//! ([`CacheBudget`]): the names found are kept per address only while they
+//! are used, and blazesym's parsed state of a file (its symbol tables,
+//! looked up through the mapped file, and the index it sorts) only for a
+//! few windows, least recently used first out when over the bound.
 
 mod demangle;
 mod kernel;
 mod perf_map;
 pub mod samples;
 
-use rustc_hash::FxHashMap as HashMap;
-use std::path::PathBuf;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Source};
@@ -76,6 +82,91 @@ struct CachedPerfMap {
     current: bool,
 }
 
+/// A file whose parsed state blazesym holds.
+#[derive(Debug)]
+struct ParsedFile {
+    /// The path blazesym knows it by (the handle's).
+    path: PathBuf,
+    /// The window it was last used in.
+    used: u64,
+    /// What the parsed state takes, estimated ([`parsed_bytes_estimate`]).
+    bytes: u64,
+}
+
+/// The frames found at an address, with the window they were last used in.
+#[derive(Debug, Clone)]
+struct CachedLines {
+    lines: Lines,
+    used: u64,
+}
+
+/// An address whose names are cached: a file offset or a kernel address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum NameKey {
+    User(FileKey, u64),
+    Kernel(u64),
+}
+
+/// Byte bounds of the symbol caches while files are kept parsed
+/// ([`ParsedFiles::KeepForWindows`]), enforced at the end of each window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheBudget {
+    /// blazesym's parsed state of the files kept, as estimated: over it,
+    /// the least recently used files are released (a file larger than
+    /// this alone is released after each window that used it).
+    pub parsed_bytes: u64,
+    /// The names found (per address frames and the functions they name):
+    /// over it, the least recently used addresses are dropped.
+    pub names_bytes: u64,
+    /// Names not used for this many windows are dropped whatever the bytes.
+    pub names_windows: u32,
+}
+
+impl CacheBudget {
+    /// `bytes` in all, half for parsed files and half for names; names
+    /// unused for 12 windows (two minutes at the agent's default 10 s
+    /// windows) are dropped.
+    pub fn within(bytes: u64) -> CacheBudget {
+        CacheBudget {
+            parsed_bytes: bytes / 2,
+            names_bytes: bytes / 2,
+            names_windows: 12,
+        }
+    }
+}
+
+impl Default for CacheBudget {
+    /// 32 MiB (`--symbol-cache-memory`): 16 MiB of parsed files keeps a
+    /// host's libraries and a service or two parsed, while node (19 MiB by
+    /// the estimate), librustc_driver or libLLVM are parsed again in each
+    /// window that has new addresses in them (tens of milliseconds each);
+    /// 16 MiB of names is about 100,000 addresses.
+    fn default() -> Self {
+        CacheBudget::within(32 << 20)
+    }
+}
+
+/// What the symbol caches hold, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SymbolCacheBytes {
+    /// The names found, counted: per address frames (user and kernel),
+    /// the functions they name, and perf maps.
+    pub names: u64,
+    /// blazesym's parsed state of the files it holds, estimated from their
+    /// symbol and string tables (and DWARF sections with debug info).
+    pub parsed: u64,
+    /// The kernel's symbol table, counted: read from kallsyms at the first
+    /// kernel frame and kept (a few MiB, whatever runs).
+    pub kernel: u64,
+}
+
+impl SymbolCacheBytes {
+    /// All parts.
+    pub fn total(&self) -> u64 {
+        self.names + self.parsed + self.kernel
+    }
+}
+
 /// How long blazesym's parsed state of a file (symbol tables, DWARF
 /// indexes, the file's mapping) is kept once its addresses are named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,14 +184,15 @@ pub enum ParsedFiles {
 /// Symbolizer with caches for user files and the kernel.
 pub struct Symbolizer {
     blaze: blazesym::symbolize::Symbolizer,
-    /// Files whose parsed state blazesym holds, with the window in which
-    /// each was last used.
-    parsed: HashMap<FileKey, (PathBuf, u64)>,
+    /// Files whose parsed state blazesym holds.
+    parsed: HashMap<FileKey, ParsedFile>,
     parsed_files: ParsedFiles,
+    budget: CacheBudget,
     window: u64,
-    user: HashMap<(FileKey, u64), Lines>,
-    functions: HashMap<FunctionInfo, Arc<FunctionInfo>>,
-    kernel: HashMap<u64, Lines>,
+    user: HashMap<(FileKey, u64), CachedLines>,
+    /// One shared copy of each function named (its strings held once).
+    functions: HashSet<Arc<FunctionInfo>>,
+    kernel: HashMap<u64, CachedLines>,
     kernel_symbols: Option<KernelSymbols>,
     perf_maps: HashMap<u32, CachedPerfMap>,
     /// Perf maps not read or only partly read, by why.
@@ -133,9 +225,10 @@ impl Symbolizer {
             blaze: new_blaze(),
             parsed: HashMap::default(),
             parsed_files: ParsedFiles::KeepForWindows(3),
+            budget: CacheBudget::default(),
             window: 0,
             user: HashMap::default(),
-            functions: HashMap::default(),
+            functions: HashSet::default(),
             kernel: HashMap::default(),
             kernel_symbols: None,
             perf_maps: HashMap::default(),
@@ -152,27 +245,106 @@ impl Symbolizer {
         self.parsed_files = policy;
     }
 
+    /// Sets the caches' byte bounds (by default [`CacheBudget::default`]).
+    pub fn set_budget(&mut self, budget: CacheBudget) {
+        self.budget = budget;
+    }
+
     /// Ends a window: releases blazesym's state of the files not used for
-    /// the policy's number of windows, and gives the freed heap back to
-    /// the system. The names already found stay cached.
+    /// the policy's number of windows, then of the least recently used
+    /// files while over the budget; drops the names not used for the
+    /// budget's windows, then the least recently used while over the
+    /// budget; and gives the freed heap back to the system.
     pub fn end_window(&mut self) {
         self.window += 1;
         let ParsedFiles::KeepForWindows(windows) = self.parsed_files else {
             return;
         };
         let oldest = self.window.saturating_sub(u64::from(windows));
-        let stale: Vec<FileKey> = self
+        // Least recently used first; among equals the largest, which frees
+        // the most for one parse to come.
+        let mut order: Vec<(u64, std::cmp::Reverse<u64>, FileKey)> = self
             .parsed
             .iter()
-            .filter(|(_, (_, used))| *used < oldest)
-            .map(|(key, _)| *key)
+            .map(|(key, file)| (file.used, std::cmp::Reverse(file.bytes), *key))
             .collect();
-        for key in &stale {
-            self.release_parsed(*key);
+        order.sort_unstable();
+        let mut bytes: u64 = self.parsed.values().map(|file| file.bytes).sum();
+        for (used, std::cmp::Reverse(size), key) in order {
+            if used >= oldest && bytes <= self.budget.parsed_bytes {
+                break;
+            }
+            self.release_parsed(key);
+            bytes -= size;
         }
+        self.drop_unused_names();
         // Each window's symbolizing and encoding is a burst: without this
         // glibc keeps the largest burst's pages for good.
         crate::util::memory::release_free_heap();
+    }
+
+    /// Drops the names not used for the budget's windows, then the least
+    /// recently used while the names are over the budget, then the
+    /// functions no name refers to any more.
+    fn drop_unused_names(&mut self) {
+        let oldest = self.window.saturating_sub(u64::from(self.budget.names_windows));
+        self.user.retain(|_, cached| cached.used >= oldest);
+        self.kernel.retain(|_, cached| cached.used >= oldest);
+        let mut bytes = self.names_bytes();
+        if bytes > self.budget.names_bytes {
+            let mut order: Vec<(u64, NameKey)> = self
+                .user
+                .iter()
+                .map(|(&(file, offset), cached)| (cached.used, NameKey::User(file, offset)))
+                .chain(
+                    self.kernel
+                        .iter()
+                        .map(|(&address, cached)| (cached.used, NameKey::Kernel(address))),
+                )
+                .collect();
+            order.sort_unstable();
+            for (_, key) in order {
+                if bytes <= self.budget.names_bytes {
+                    break;
+                }
+                let removed = match key {
+                    NameKey::User(file, offset) => self.user.remove(&(file, offset)),
+                    NameKey::Kernel(address) => self.kernel.remove(&address),
+                };
+                if let Some(cached) = removed {
+                    // Functions shared with other addresses stay until the
+                    // retain below: a slight overshoot of what is dropped.
+                    bytes = bytes.saturating_sub(lines_bytes(&cached.lines) + ENTRY_BYTES);
+                }
+            }
+        }
+        self.functions.retain(|shared| Arc::strong_count(shared) > 1);
+    }
+
+    /// What the caches hold now.
+    pub fn cache_bytes(&self) -> SymbolCacheBytes {
+        SymbolCacheBytes {
+            names: self.names_bytes(),
+            parsed: self.parsed.values().map(|file| file.bytes).sum(),
+            kernel: self.kernel_symbols.as_ref().map_or(0, KernelSymbols::heap_bytes),
+        }
+    }
+
+    fn names_bytes(&self) -> u64 {
+        let entries = self
+            .user
+            .values()
+            .chain(self.kernel.values())
+            .map(|cached| lines_bytes(&cached.lines) + ENTRY_BYTES)
+            .sum::<u64>();
+        let functions = self.functions.iter().map(|f| function_bytes(f) + 8).sum::<u64>();
+        let perf_maps = self
+            .perf_maps
+            .values()
+            .filter_map(|cached| cached.map.as_ref())
+            .map(PerfMap::heap_bytes)
+            .sum::<u64>();
+        entries + functions + perf_maps
     }
 
     /// Files whose parsed state is held now.
@@ -181,8 +353,10 @@ impl Symbolizer {
     }
 
     fn release_parsed(&mut self, key: FileKey) {
-        if let Some((path, _)) = self.parsed.remove(&key) {
-            let _ = self.blaze.evict(&blazesym::symbolize::evict::Elf::new(path).into());
+        if let Some(file) = self.parsed.remove(&key) {
+            let _ = self
+                .blaze
+                .evict(&blazesym::symbolize::evict::Elf::new(file.path).into());
         }
     }
 
@@ -193,18 +367,35 @@ impl Symbolizer {
 
     /// Symbolizes file offsets of one object not already cached.
     pub fn symbolize_object(&mut self, key: FileKey, object: &ObjectFile, offsets: &[u64]) {
-        let mut todo: Vec<u64> = offsets
-            .iter()
-            .copied()
-            .filter(|o| !self.user.contains_key(&(key, *o)))
-            .collect();
+        let window = self.window;
+        let mut todo = Vec::new();
+        for &offset in offsets {
+            match self.user.get_mut(&(key, offset)) {
+                Some(cached) => cached.used = window,
+                None => todo.push(offset),
+            }
+        }
         todo.sort_unstable();
         todo.dedup();
         if todo.is_empty() {
             return;
         }
         let path = object.handle_path();
-        self.parsed.insert(key, (path.clone(), self.window));
+        match self.parsed.get_mut(&key) {
+            Some(file) => file.used = window,
+            None => {
+                let bytes = match self.parsed_files {
+                    ParsedFiles::KeepForWindows(_) => parsed_bytes_estimate(&path, self.debug_info),
+                    ParsedFiles::ReleaseAfterUse => 0,
+                };
+                let file = ParsedFile {
+                    path: path.clone(),
+                    used: window,
+                    bytes,
+                };
+                self.parsed.insert(key, file);
+            }
+        }
         let mut elf = Elf::new(path);
         elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
@@ -215,7 +406,8 @@ impl Symbolizer {
                 for offset in &todo {
                     self.failures += 1;
                     let name = format!("{}+{:#x}", object.original_path.display(), offset);
-                    self.user.insert((key, *offset), synthetic_lines(name));
+                    let lines = synthetic_lines(name);
+                    self.user.insert((key, *offset), CachedLines { lines, used: window });
                 }
                 return;
             }
@@ -283,9 +475,19 @@ impl Symbolizer {
                     synthetic_lines(format!("{file}+{offset:#x}"))
                 }
             };
-            entries.push(((key, *offset), lines));
+            entries.push(((key, *offset), CachedLines { lines, used: window }));
         }
         self.user.extend(entries);
+        if self
+            .parsed
+            .get(&key)
+            .is_some_and(|file| file.bytes > self.budget.parsed_bytes)
+        {
+            // Over the bound alone: it would go at the end of the window
+            // anyway, and held until then it would add to the next large
+            // file's state, so the window's peak would be their sum.
+            self.release_parsed(key);
+        }
         if self.parsed_files == ParsedFiles::ReleaseAfterUse {
             // A fresh blazesym drops the debug files a file led to as
             // well, which evicting the file alone would keep cached.
@@ -314,7 +516,7 @@ impl Symbolizer {
                     .evict(&blazesym::symbolize::evict::Elf::new(path.clone()).into());
             }
             // Functions only the intern table still holds.
-            self.functions.retain(|_, shared| Arc::strong_count(shared) > 1);
+            self.functions.retain(|shared| Arc::strong_count(shared) > 1);
         }
         for tgid in tgids {
             self.perf_maps.remove(tgid);
@@ -337,16 +539,19 @@ impl Symbolizer {
 
     /// The cached frames for a file offset (after [`Symbolizer::symbolize_object`]).
     pub fn object_lines(&self, key: FileKey, offset: u64) -> Option<Lines> {
-        self.user.get(&(key, offset)).cloned()
+        self.user.get(&(key, offset)).map(|cached| cached.lines.clone())
     }
 
     /// Symbolizes kernel addresses not already cached.
     pub fn symbolize_kernel(&mut self, addresses: &[u64]) {
-        let mut todo: Vec<u64> = addresses
-            .iter()
-            .copied()
-            .filter(|a| !self.kernel.contains_key(a))
-            .collect();
+        let window = self.window;
+        let mut todo = Vec::new();
+        for &address in addresses {
+            match self.kernel.get_mut(&address) {
+                Some(cached) => cached.used = window,
+                None => todo.push(address),
+            }
+        }
         todo.sort_unstable();
         todo.dedup();
         if todo.is_empty() {
@@ -364,13 +569,13 @@ impl Symbolizer {
                     synthetic_lines(format!("[kernel] {addr:#x}"))
                 }
             };
-            self.kernel.insert(addr, lines);
+            self.kernel.insert(addr, CachedLines { lines, used: window });
         }
     }
 
     /// The cached frames for a kernel address.
     pub fn kernel_lines(&self, address: u64) -> Option<Lines> {
-        self.kernel.get(&address).cloned()
+        self.kernel.get(&address).map(|cached| cached.lines.clone())
     }
 
     /// Names JIT code through the process's perf map, if it has one.
@@ -461,12 +666,7 @@ fn new_blaze() -> blazesym::symbolize::Symbolizer {
 }
 
 /// One shared `FunctionInfo` per distinct function.
-fn intern(
-    functions: &mut HashMap<FunctionInfo, Arc<FunctionInfo>>,
-    raw: &str,
-    file: String,
-    start_line: u32,
-) -> Arc<FunctionInfo> {
+fn intern(functions: &mut HashSet<Arc<FunctionInfo>>, raw: &str, file: String, start_line: u32) -> Arc<FunctionInfo> {
     let info = FunctionInfo {
         name: demangle(raw),
         system_name: raw.to_string(),
@@ -476,9 +676,66 @@ fn intern(
     if let Some(found) = functions.get(&info) {
         return Arc::clone(found);
     }
-    let shared = Arc::new(info.clone());
-    functions.insert(info, Arc::clone(&shared));
+    let shared = Arc::new(info);
+    functions.insert(Arc::clone(&shared));
     shared
+}
+
+/// Bytes of a cache entry besides its frames: the key, the stamp and the
+/// hash table's slot and control byte, rounded up.
+const ENTRY_BYTES: u64 = 64;
+
+/// Bytes of an address's frames: the shared slice, and the functions only
+/// it refers to (synthetic ones; interned ones are counted once, in the
+/// intern table).
+fn lines_bytes(lines: &Lines) -> u64 {
+    let slice = 2 * std::mem::size_of::<usize>() + std::mem::size_of_val::<[LineInfo]>(lines);
+    let own = lines
+        .iter()
+        .filter(|line| Arc::strong_count(&line.function) == 1)
+        .map(|line| function_bytes(&line.function))
+        .sum::<u64>();
+    slice as u64 + own
+}
+
+/// Bytes of a shared function: the Arc's counts, the struct and its strings.
+fn function_bytes(function: &FunctionInfo) -> u64 {
+    (2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<FunctionInfo>()
+        + function.name.capacity()
+        + function.system_name.capacity()
+        + function.file.capacity()) as u64
+}
+
+/// An upper estimate of what blazesym's parsed state of a file takes: its
+/// symbol tables (read through the mapping to sort them) with the sorted
+/// index over them (8 bytes per 24-byte symbol), the string tables (read
+/// through the mapping as names are looked up; the kernel maps them in
+/// 64 KiB runs, so they end up mostly resident), and with debug info its
+/// DWARF sections. 0 when the file's headers cannot be read.
+fn parsed_bytes_estimate(path: &Path, debug_info: bool) -> u64 {
+    let Ok(file) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let Ok(headers) = crate::unwind::elf::read_headers(&file, len) else {
+        return 0;
+    };
+    let Ok(elf) = crate::unwind::elf::Elf::parse(&headers) else {
+        return 0;
+    };
+    elf.sections
+        .iter()
+        .map(|section| {
+            let bytes = section.file_range.len() as u64;
+            match section.name.as_str() {
+                ".symtab" | ".dynsym" => bytes + bytes / 3,
+                ".strtab" | ".dynstr" => bytes,
+                name if debug_info && name.starts_with(".debug_") => bytes,
+                _ => 0,
+            }
+        })
+        .sum()
 }
 
 fn code_file(info: Option<&blazesym::symbolize::CodeInfo<'_>>) -> String {
@@ -535,6 +792,87 @@ mod tests {
     }
 
     #[test]
+    fn cache_bytes_rise_with_a_file_and_fall_as_it_goes_unused() {
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        assert_eq!(symbolizer.cache_bytes(), SymbolCacheBytes::default());
+        let (table, key) = symbolize_own_marker(&mut symbolizer);
+        let held = symbolizer.cache_bytes();
+        // This test binary keeps its symbol table: the estimate counts it.
+        let symtab = std::fs::metadata(std::env::current_exe().unwrap()).unwrap().len();
+        assert!(
+            held.parsed > 0 && held.parsed < symtab,
+            "{held:?} of a {symtab}-byte file"
+        );
+        assert!(held.names > 0, "{held:?}");
+        for _ in 0..4 {
+            symbolizer.end_window();
+        }
+        let after = symbolizer.cache_bytes();
+        assert_eq!(after.parsed, 0, "released after three windows without use");
+        assert_eq!(after.names, held.names, "names stay while within their windows");
+        // Used again: the cached name is stamped, the file is not parsed.
+        let offset = *symbolizer.user.keys().next().map(|(_, o)| o).unwrap();
+        symbolizer.symbolize_object(key, table.object(key).unwrap(), &[offset]);
+        assert_eq!(symbolizer.parsed_files(), 0);
+        for _ in 0..CacheBudget::default().names_windows {
+            symbolizer.end_window();
+        }
+        assert_eq!(symbolizer.cached_addresses(), 1, "used four windows later, kept");
+        symbolizer.end_window();
+        assert_eq!(symbolizer.cached_addresses(), 0, "unused for the budget's windows");
+        assert_eq!(symbolizer.cache_bytes(), SymbolCacheBytes::default());
+    }
+
+    #[test]
+    fn files_over_the_parsed_budget_are_released_once_their_addresses_are_named() {
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        symbolizer.set_budget(CacheBudget {
+            parsed_bytes: 1,
+            ..CacheBudget::default()
+        });
+        let (_table, _) = symbolize_own_marker(&mut symbolizer);
+        assert_eq!(
+            symbolizer.parsed_files(),
+            0,
+            "over the budget by itself: released at once"
+        );
+        assert!(symbolizer.cached_addresses() > 0, "the names found stay");
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        let (_table, _) = symbolize_own_marker(&mut symbolizer);
+        assert_eq!(symbolizer.parsed_files(), 1, "within the budget: kept");
+        symbolizer.set_budget(CacheBudget {
+            parsed_bytes: 1,
+            ..CacheBudget::default()
+        });
+        symbolizer.end_window();
+        assert_eq!(symbolizer.parsed_files(), 0, "over the budget at the end of the window");
+    }
+
+    #[test]
+    fn names_over_their_budget_are_dropped_least_recently_used_first() {
+        let mut symbolizer = Symbolizer::with_debug_info(false);
+        let (table, key) = symbolize_own_marker(&mut symbolizer);
+        let marker_offset = *symbolizer.user.keys().next().map(|(_, o)| o).unwrap();
+        symbolizer.end_window();
+        // A second address, one window later.
+        let other = marker_offset + 1;
+        symbolizer.symbolize_object(key, table.object(key).unwrap(), &[other]);
+        let one_entry = lines_bytes(&symbolizer.user[&(key, other)].lines) + ENTRY_BYTES;
+        let functions = symbolizer.functions.iter().map(|f| function_bytes(f) + 8).sum::<u64>();
+        symbolizer.set_budget(CacheBudget {
+            names_bytes: functions + one_entry,
+            ..CacheBudget::default()
+        });
+        symbolizer.end_window();
+        assert!(symbolizer.object_lines(key, other).is_some(), "the newer one stays");
+        assert!(
+            symbolizer.object_lines(key, marker_offset).is_none(),
+            "the older one goes"
+        );
+        assert!(symbolizer.cache_bytes().names <= functions + one_entry);
+    }
+
+    #[test]
     fn one_pass_symbolizing_releases_each_file_at_once_with_the_same_names() {
         let mut kept = Symbolizer::new();
         let (_table, key) = symbolize_own_marker(&mut kept);
@@ -546,8 +884,8 @@ mod tests {
         assert_eq!(kept.cached_addresses(), released.cached_addresses());
         for (k, lines) in &kept.user {
             assert_eq!(
-                released.user.get(k),
-                Some(lines),
+                released.user.get(k).map(|c| &c.lines),
+                Some(&lines.lines),
                 "names, lines and inlined frames must not change"
             );
         }

@@ -123,6 +123,12 @@ pub struct PerfMap {
 }
 
 impl PerfMap {
+    /// Bytes the map holds on the heap.
+    pub fn heap_bytes(&self) -> u64 {
+        let entries = self.entries.capacity() * std::mem::size_of::<(u64, u64, String)>();
+        (entries + self.entries.iter().map(|e| e.2.capacity()).sum::<usize>()) as u64
+    }
+
     /// Parses perf map text, skipping malformed lines.
     pub fn parse(text: &str) -> PerfMap {
         let mut entries: Vec<(u64, u64, String)> = text

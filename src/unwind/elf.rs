@@ -1,7 +1,10 @@
 //! Just enough of ELF64 (little endian) to find the unwind sections and
-//! the loadable segments of a file: the section and program headers.
+//! the loadable segments of a file: the section and program headers, read
+//! from a file without reading the rest of it.
 
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 
 /// Why a file is not an ELF file the unwinder can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +67,62 @@ fn read<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], ElfError> {
     data.get(at..at.checked_add(N).ok_or(ElfError::Malformed("offset overflow"))?)
         .and_then(|b| b.try_into().ok())
         .ok_or(ElfError::Malformed("header beyond the end of the file"))
+}
+
+/// Files larger than this are not read (no real binary comes close; a
+/// sparse file could claim terabytes).
+const MAX_FILE_BYTES: u64 = 4 << 30;
+
+/// Reads the headers of the ELF file `file`, `len` bytes long: the file
+/// header, the program and section headers and the section names, at
+/// their file offsets in a zero-filled buffer of the file's length, which
+/// [`Elf::parse`] reads and [`read_range`] adds sections to. The untouched
+/// pages of the buffer are never allocated, so even a large library costs
+/// only what is read. Reading (not mapping) the file means a file
+/// truncated meanwhile gives an error rather than SIGBUS.
+pub fn read_headers(file: &File, len: u64) -> Result<Vec<u8>, ElfError> {
+    if len < 64 {
+        return Err(ElfError::NotElf64);
+    }
+    if len > MAX_FILE_BYTES {
+        return Err(ElfError::Malformed("file too large"));
+    }
+    let mut buffer = vec![0u8; len as usize];
+    read_range(file, &mut buffer, 0, 64)?;
+    let word = |b: &[u8], at: usize, n: usize| -> Result<usize, ElfError> {
+        let bytes = at
+            .checked_add(n)
+            .and_then(|end| b.get(at..end))
+            .ok_or(ElfError::Malformed("header beyond the end of the file"))?;
+        let mut v = [0u8; 8];
+        v[..n].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(v) as usize)
+    };
+    if buffer[..4] != *b"\x7fELF" || buffer[4] != 2 || buffer[5] != 1 {
+        return Err(ElfError::NotElf64);
+    }
+    let (phoff, phentsize, phnum) = (word(&buffer, 32, 8)?, word(&buffer, 54, 2)?, word(&buffer, 56, 2)?);
+    let (shoff, shentsize, shnum) = (word(&buffer, 40, 8)?, word(&buffer, 58, 2)?, word(&buffer, 60, 2)?);
+    read_range(file, &mut buffer, phoff, offset_of(phoff, phnum, phentsize)?)?;
+    read_range(file, &mut buffer, shoff, offset_of(shoff, shnum, shentsize)?)?;
+    let shstrndx = word(&buffer, 62, 2)?;
+    if shentsize >= 64 && shstrndx < shnum {
+        let at = offset_of(shoff, shstrndx, shentsize)?;
+        let (offset, size) = (word(&buffer, at + 24, 8)?, word(&buffer, at + 32, 8)?);
+        read_range(file, &mut buffer, offset, offset.saturating_add(size))?;
+    }
+    Ok(buffer)
+}
+
+/// Reads bytes `start..end` of `file` into the same place of `buffer`
+/// (from [`read_headers`]); what lies beyond the buffer is left out.
+pub fn read_range(file: &File, buffer: &mut [u8], start: usize, end: usize) -> Result<(), ElfError> {
+    let end = end.min(buffer.len());
+    if start < end {
+        file.read_exact_at(&mut buffer[start..end], start as u64)
+            .map_err(|_| ElfError::Malformed("file shorter than its headers say"))?;
+    }
+    Ok(())
 }
 
 /// `base + index * size`, the offset of a table entry, if it does not

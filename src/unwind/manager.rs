@@ -15,13 +15,12 @@
 //! and stacks through it end as "tables not loaded yet".
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 
-use super::elf::{offset_of, Elf, ElfError};
+use super::elf::{read_headers, read_range, Elf, ElfError};
 use super::table::{build_table, TableError, UnwindTable};
 use crate::process::{FileKey, MappingKind, ProcessInfo, ProcessKey, ProcessTable};
 
@@ -675,10 +674,6 @@ pub fn read_unwind_file(path: &std::path::Path) -> Result<Vec<u8>, TableError> {
     read_unwind_sections(&file)
 }
 
-/// Files larger than this are not read for unwind tables (no real
-/// binary comes close; a sparse file could claim terabytes).
-const MAX_FILE_BYTES: u64 = 4 << 30;
-
 /// How often a process with more mappings than the BPF program searches
 /// is reloaded, at most.
 pub const TRUNCATED_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
@@ -692,45 +687,7 @@ const MAX_CFI_BYTES: u64 = 64 << 20;
 /// [`read_unwind_file`] on an open file.
 fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
     let len = file.metadata().map_err(|_| TableError::NoUnwindInfo)?.len();
-    if len < 64 {
-        return Err(ElfError::NotElf64.into());
-    }
-    if len > MAX_FILE_BYTES {
-        return Err(ElfError::Malformed("file too large").into());
-    }
-    let len = len as usize;
-    let mut buffer = vec![0u8; len];
-    let read_range = |buffer: &mut Vec<u8>, start: usize, end: usize| -> Result<(), TableError> {
-        let end = end.min(len);
-        if start < end {
-            file.read_exact_at(&mut buffer[start..end], start as u64)
-                .map_err(|_| ElfError::Malformed("file shorter than its headers say"))?;
-        }
-        Ok(())
-    };
-    read_range(&mut buffer, 0, 64)?;
-    let word = |b: &[u8], at: usize, n: usize| -> Result<usize, ElfError> {
-        let bytes = at
-            .checked_add(n)
-            .and_then(|end| b.get(at..end))
-            .ok_or(ElfError::Malformed("header beyond the end of the file"))?;
-        let mut v = [0u8; 8];
-        v[..n].copy_from_slice(bytes);
-        Ok(u64::from_le_bytes(v) as usize)
-    };
-    if buffer[..4] != *b"\x7fELF" || buffer[4] != 2 || buffer[5] != 1 {
-        return Err(ElfError::NotElf64.into());
-    }
-    let (phoff, phentsize, phnum) = (word(&buffer, 32, 8)?, word(&buffer, 54, 2)?, word(&buffer, 56, 2)?);
-    let (shoff, shentsize, shnum) = (word(&buffer, 40, 8)?, word(&buffer, 58, 2)?, word(&buffer, 60, 2)?);
-    read_range(&mut buffer, phoff, offset_of(phoff, phnum, phentsize)?)?;
-    read_range(&mut buffer, shoff, offset_of(shoff, shnum, shentsize)?)?;
-    let shstrndx = word(&buffer, 62, 2)?;
-    if shentsize >= 64 && shstrndx < shnum {
-        let at = offset_of(shoff, shstrndx, shentsize)?;
-        let (offset, size) = (word(&buffer, at + 24, 8)?, word(&buffer, at + 32, 8)?);
-        read_range(&mut buffer, offset, offset.saturating_add(size))?;
-    }
+    let mut buffer = read_headers(file, len)?;
     let wanted: Vec<std::ops::Range<usize>> = Elf::parse(&buffer)?
         .sections
         .iter()
@@ -743,7 +700,7 @@ fn read_unwind_sections(file: &File) -> Result<Vec<u8>, TableError> {
         return Err(ElfError::Malformed("unwind sections larger than taskprof reads").into());
     }
     for range in wanted {
-        read_range(&mut buffer, range.start, range.end)?;
+        read_range(file, &mut buffer, range.start, range.end)?;
     }
     Ok(buffer)
 }

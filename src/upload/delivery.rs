@@ -20,6 +20,9 @@
 //! - [`DeliveryHandle::shutdown`] stops taking windows, tries to deliver
 //!   everything within a grace period, and spools what is left. After a
 //!   restart the spool is not empty, so the loop above replays it first.
+//! - A spooled window's send is bracketed in the spool ([`Spool::begin_send`],
+//!   then [`Spool::remove`] or [`Spool::end_send`]), so a restart resends
+//!   only a window whose send a crash interrupted, and counts it.
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -348,14 +351,28 @@ impl Worker {
         };
         let sequence = batch.sequence;
         let sent = batch.profiles.len();
+        if let Some(Err(err)) = self.with_spool(move |spool| spool.begin_send(sequence)).await {
+            // Delivery matters more than knowing about a crash during it.
+            tracing::warn!(
+                error = %err,
+                "failed to record the start of a send; a crash during it would send the window again uncounted"
+            );
+        }
         let rest = self.attempt(batch).await;
         if rest.profiles.is_empty() {
+            // The first thing after the backend's answer: once the removal
+            // is on disk, no restart sends the window again.
             if let Some(Err(err)) = self.with_spool(move |spool| spool.remove(sequence)).await {
                 tracing::error!(error = %err, "failed to remove a delivered window from the spool");
             }
-        } else if rest.profiles.len() < sent {
+            return ControlFlow::Continue(());
+        }
+        if rest.profiles.len() < sent {
             // Keep only what is still undelivered, so nothing is sent twice.
             self.spool_batches(vec![rest]).await;
+        }
+        if let Some(Err(err)) = self.with_spool(move |spool| spool.end_send(sequence)).await {
+            tracing::warn!(error = %err, "failed to record the end of a send");
         }
         ControlFlow::Continue(())
     }

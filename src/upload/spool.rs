@@ -29,6 +29,17 @@
 //! checksum is verified when a window is read back. Files that fail either
 //! check are renamed to `*.corrupt` and skipped, never deleted, so that
 //! someone can look at them.
+//!
+//! Sending a spooled window is bracketed on disk, so that a restart knows
+//! what a crash interrupted. Before the first request goes out, an empty
+//! marker `{sequence:020}.batch.sending` is written and synced. Once the
+//! backend has accepted the whole window, its file is deleted and the
+//! deletion synced first, then the marker: from then on no restart sends
+//! it again. If only part of it was accepted, the file is replaced by the
+//! rest before the marker goes. A restart that finds a marker beside its
+//! window cannot know whether the backend got it (the kill came between the
+//! request and the deletion), so it sends the window again, and counts and
+//! logs that; a marker alone is a delivery that completed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -38,7 +49,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{Batch, SeriesProfile, SpoolConfig};
 use crate::agent::metrics::Metrics;
-use crate::util::durable::{write_atomically, TEMP_SUFFIX};
+use crate::util::durable::{remove_durably, write_atomically, TEMP_SUFFIX};
 
 const MAGIC: &[u8; 8] = b"TPSPOOL\0";
 const VERSION: u32 = 2;
@@ -48,6 +59,8 @@ const VERSION_WITHOUT_SHARED: u32 = 1;
 const HEADER_LEN: usize = 8 + 4 + 8 + 8 + 4 + 8 + 4 + 4;
 const EXTENSION: &str = ".batch";
 const QUARANTINE_SUFFIX: &str = ".corrupt";
+/// Appended to a window's file name for the marker of a send under way.
+const SENDING_SUFFIX: &str = ".sending";
 
 /// A spool operation that failed on the file system.
 #[derive(Debug, thiserror::Error)]
@@ -133,7 +146,8 @@ impl Spool {
             evictions: 0,
             metrics,
         };
-        spool.scan()?;
+        let sending = spool.scan()?;
+        spool.settle_interrupted_sends(sending);
         while spool.total_bytes > spool.max_bytes {
             let Some(oldest) = spool.oldest_sequence() else { break };
             spool.evict(oldest, "the spool is larger than its size bound");
@@ -150,7 +164,10 @@ impl Spool {
         Ok(spool)
     }
 
-    fn scan(&mut self) -> Result<(), SpoolError> {
+    /// Indexes the windows on disk and returns the sequences of the send
+    /// markers found.
+    fn scan(&mut self) -> Result<Vec<u64>, SpoolError> {
+        let mut sending = Vec::new();
         let listing = fs::read_dir(&self.dir).map_err(|error| SpoolError::ReadDir {
             path: self.dir.clone(),
             error,
@@ -171,6 +188,10 @@ impl Spool {
                 }
                 continue;
             }
+            if let Some(sequence) = name.strip_suffix(SENDING_SUFFIX).and_then(sequence_of) {
+                sending.push(sequence);
+                continue;
+            }
             let Some(sequence) = sequence_of(name) else { continue };
             match read_summary(&path) {
                 Ok(summary) if summary.sequence == sequence => {
@@ -187,7 +208,45 @@ impl Spool {
                 Err(reason) => quarantine(&path, &reason),
             }
         }
-        Ok(())
+        Ok(sending)
+    }
+
+    /// Sends that the last run began and did not finish: a window still
+    /// here may have reached the backend before the crash, and is sent again
+    /// (counted and logged); a marker without its window belongs to a
+    /// delivery that completed. Either way the marker goes, so that a crash
+    /// before the resend begins does not count it twice.
+    fn settle_interrupted_sends(&mut self, sending: Vec<u64>) {
+        for sequence in sending {
+            if let Some(entry) = self.entries.get(&sequence) {
+                self.metrics.windows_resent_after_restart.inc();
+                tracing::warn!(
+                    sequence,
+                    profiles = entry.profiles,
+                    "the last run stopped while sending this spooled window, so the backend may have it \
+                     already; sending it again"
+                );
+            }
+            let marker = self.marker_of(sequence);
+            if let Err(err) = remove_durably(&marker) {
+                tracing::warn!(path = %marker.display(), error = %err, "failed to delete a spool send marker");
+            }
+        }
+    }
+
+    /// Records, durably, that a send of the spooled window `sequence` is
+    /// about to begin, so that a restart before [`Spool::remove`] or
+    /// [`Spool::end_send`] knows the backend may have it.
+    pub fn begin_send(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        let path = self.marker_of(sequence);
+        write_atomically(&path, b"").map_err(|error| SpoolError::Write { path, error })
+    }
+
+    /// Records that the send of `sequence` is over without delivering all
+    /// of it; what is left of it was kept with [`Spool::push`] first.
+    pub fn end_send(&mut self, sequence: u64) -> Result<(), SpoolError> {
+        let path = self.marker_of(sequence);
+        remove_durably(&path).map_err(|error| SpoolError::Remove { path, error })
     }
 
     /// Keeps `batch` (or replaces the spooled window of the same sequence,
@@ -301,16 +360,16 @@ impl Spool {
         self.entries.keys().next().copied()
     }
 
-    /// Deletes a window, once delivered. Removing one that is not there is
-    /// not an error. The window leaves the spool's index even when its file
-    /// cannot be deleted, so that it is not delivered again in this run.
+    /// Deletes a window, once delivered, and then its send marker, each
+    /// durably: once this returns, no restart sends it again. Removing one
+    /// that is not there is not an error. The window leaves the spool's
+    /// index even when its file cannot be deleted, so that it is not
+    /// delivered again in this run.
     pub fn remove(&mut self, sequence: u64) -> Result<(), SpoolError> {
         let path = self.path_of(sequence);
         self.forget(sequence);
-        match fs::remove_file(&path) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(SpoolError::Remove { path, error }),
-            _ => Ok(()),
-        }
+        remove_durably(&path).map_err(|error| SpoolError::Remove { path, error })?;
+        self.end_send(sequence)
     }
 
     /// Bytes used by the spooled windows.
@@ -335,6 +394,10 @@ impl Spool {
 
     fn path_of(&self, sequence: u64) -> PathBuf {
         self.dir.join(format!("{sequence:020}{EXTENSION}"))
+    }
+
+    fn marker_of(&self, sequence: u64) -> PathBuf {
+        self.dir.join(format!("{sequence:020}{EXTENSION}{SENDING_SUFFIX}"))
     }
 
     /// Drops a window to make room, counting its profiles as lost.
@@ -789,6 +852,39 @@ mod tests {
             spool.remove(b.sequence).expect("remove");
         }
         assert_eq!(seen, vec![9, 10, 100, 1_000_000]);
+    }
+
+    #[test]
+    fn only_a_send_a_restart_interrupted_is_counted_as_resent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let (mut spool, _) = open(dir.path(), 1 << 20);
+            for sequence in [1, 2, 3] {
+                assert!(spool.push(&batch(sequence, 2, 10)).expect("push"));
+            }
+            // 1: killed during its send. 2: delivered. 3: partly delivered,
+            // the rest kept.
+            spool.begin_send(1).expect("begin 1");
+            spool.begin_send(2).expect("begin 2");
+            spool.remove(2).expect("remove 2");
+            spool.begin_send(3).expect("begin 3");
+            assert!(spool.push(&batch(3, 1, 10)).expect("keep the rest of 3"));
+            spool.end_send(3).expect("end 3");
+        }
+        // A delivery that completed but whose marker a crash left behind.
+        fs::write(dir.path().join(format!("{:020}.batch.sending", 9)), b"").expect("stray marker");
+        let (mut spool, metrics) = open(dir.path(), 1 << 20);
+        assert_eq!(metrics.windows_resent_after_restart.get(), 1);
+        assert_eq!(
+            names(dir.path()),
+            vec![format!("{:020}.batch", 1), format!("{:020}.batch", 3)]
+        );
+        assert_eq!(spool.oldest().expect("read").expect("window 1").sequence, 1);
+        drop(spool);
+        // Counted once: a second restart before the resend began does not
+        // count it again.
+        let (_, metrics) = open(dir.path(), 1 << 20);
+        assert_eq!(metrics.windows_resent_after_restart.get(), 0);
     }
 
     #[test]

@@ -60,16 +60,32 @@ impl PendingFile {
             let _ = fs::remove_file(&self.temp);
             return written;
         }
-        // Some file systems refuse to sync a directory; the data is
-        // written either way.
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+        sync_parent(&self.path);
         Ok(())
+    }
+}
+
+/// Deletes `path` and persists the deletion, so that once this returns a
+/// crash cannot bring the file back. A file already gone is not an error.
+pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        removed => removed?,
+    }
+    sync_parent(path);
+    Ok(())
+}
+
+/// Persists the entries of `path`'s directory (a rename, a new or deleted
+/// name). Some file systems refuse to sync a directory; the change is made
+/// either way.
+fn sync_parent(path: &Path) {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
     }
 }
 
@@ -107,5 +123,15 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.bin")]);
+    }
+
+    #[test]
+    fn durable_removal_deletes_and_accepts_a_missing_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.bin");
+        write_atomically(&path, b"x").expect("write");
+        remove_durably(&path).expect("remove");
+        assert!(!path.exists());
+        remove_durably(&path).expect("removing a missing file is fine");
     }
 }

@@ -10,6 +10,7 @@ mod agent_capabilities;
 mod agent_config_errors;
 mod agent_crash_safety;
 mod agent_kubernetes;
+mod agent_memory;
 mod agent_otlp;
 mod agent_receivers;
 mod agent_series;

@@ -5,14 +5,16 @@
 //! Every test runs a Python fixture of its own (written into a scratch
 //! directory), under Debian's `/usr/bin/python3` (always there: the test
 //! set-up installs it) and, for the version matrix, under each pyenv build
-//! in `~/.pyenv/versions/` (a version that is absent is skipped with a
-//! printed reason).
+//! in `~/.pyenv/versions/` (a version that is absent fails its test with
+//! what to do, unless `TASKPROF_PYTHON_MATRIX=skip` leaves the matrix out).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{record_pprof_env, record_pprof_with, scratch_dir, ChildGuard, ProfileView, Stack};
+use crate::common::{
+    record_pprof_env, record_pprof_with, required_pyenv_python, scratch_dir, ChildGuard, ProfileView, Stack,
+};
 
 /// The chain every fixture runs: serve() → handle_request() → leaf_hash().
 const CHAIN_SCRIPT: &str = include_str!("../fixtures/python/chain.py");
@@ -141,27 +143,9 @@ fn assert_chain_named_env(python: &Path, env: &[(&str, &str)]) {
     );
 }
 
-/// The pyenv build of `minor` (3.minor), if this machine has one.
-fn pyenv_python(minor: u32) -> Option<PathBuf> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"));
-    let versions = std::fs::read_dir(root.join("versions")).ok()?;
-    let prefix = format!("3.{minor}.");
-    let mut found: Vec<PathBuf> = versions
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|entry| entry.path().join(format!("bin/python3.{minor}")))
-        .filter(|path| path.exists())
-        .collect();
-    found.sort();
-    found.pop()
-}
-
 fn with_pyenv(minor: u32, test: impl FnOnce(&Path)) {
-    match pyenv_python(minor) {
-        Some(python) => test(&python),
-        None => println!("skipped: no pyenv build of CPython 3.{minor} under ~/.pyenv/versions"),
+    if let Some(python) = required_pyenv_python(minor) {
+        test(&python);
     }
 }
 
@@ -500,8 +484,7 @@ fn python_off_leaves_native_stacks_only() {
 
 #[test]
 fn an_unsupported_cpython_keeps_native_stacks_and_says_why_once() {
-    let Some(python) = pyenv_python(7) else {
-        println!("skipped: no pyenv build of CPython 3.7 under ~/.pyenv/versions");
+    let Some(python) = required_pyenv_python(7) else {
         return;
     };
     let fixture = PythonFixture::spawn(&python, CHAIN_SCRIPT, 20.0);

@@ -766,3 +766,64 @@ pub fn go() -> PathBuf {
             )
         })
 }
+
+// ---------------------------------------------------------------------------
+// CPython builds for the version matrix
+// ---------------------------------------------------------------------------
+
+/// `TASKPROF_PYTHON_MATRIX=skip` lets a machine without pyenv builds run
+/// the rest of the suite; without it, a missing build fails its test.
+pub const PYTHON_MATRIX_ENV: &str = "TASKPROF_PYTHON_MATRIX";
+
+/// `$PYENV_ROOT/versions`, or `~/.pyenv/versions`.
+pub fn pyenv_versions_dir() -> PathBuf {
+    std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".pyenv"))
+        .join("versions")
+}
+
+/// Every pyenv build of CPython 3.`minor` on this machine, newest last,
+/// as (version directory name, interpreter path).
+pub fn pyenv_builds(minor: u32) -> Vec<(String, PathBuf)> {
+    let prefix = format!("3.{minor}.");
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(pyenv_versions_dir())
+        .map(|dir| dir.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .map(|name| {
+            let python = pyenv_versions_dir().join(&name).join(format!("bin/python3.{minor}"));
+            (name, python)
+        })
+        .filter(|(_, python)| python.exists())
+        .collect();
+    found.sort();
+    found
+}
+
+/// The newest pyenv build of CPython 3.`minor`, if this machine has one.
+pub fn pyenv_python(minor: u32) -> Option<PathBuf> {
+    pyenv_builds(minor).pop().map(|(_, python)| python)
+}
+
+/// The pyenv build of CPython 3.`minor` a test needs. A missing build fails
+/// the test with what to do, unless `TASKPROF_PYTHON_MATRIX=skip` asks to
+/// leave the version matrix out, in which case this says so and gives None.
+pub fn required_pyenv_python(minor: u32) -> Option<PathBuf> {
+    if let Some(python) = pyenv_python(minor) {
+        return Some(python);
+    }
+    if std::env::var(PYTHON_MATRIX_ENV).as_deref() == Ok("skip") {
+        println!(
+            "not run: no CPython 3.{minor} build, and {PYTHON_MATRIX_ENV}=skip asks to leave the version matrix out"
+        );
+        return None;
+    }
+    panic!(
+        "no pyenv build of CPython 3.{minor} under {}: the version matrix runs every supported CPython. \
+         Install it (`pyenv install 3.{minor}`), or set {PYTHON_MATRIX_ENV}=skip to leave the matrix out knowingly",
+        pyenv_versions_dir().display()
+    );
+}

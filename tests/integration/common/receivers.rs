@@ -154,6 +154,9 @@ pub struct Reply {
     pub body: String,
     /// How long to wait before answering, like a backend that hangs.
     pub delay: Duration,
+    /// Whether accepted profiles are stored on arrival, before a delayed
+    /// answer (else once the answer is sent).
+    pub stored_on_arrival: bool,
 }
 
 impl Reply {
@@ -169,6 +172,7 @@ impl Reply {
             headers: Vec::new(),
             body: body.to_string(),
             delay: Duration::ZERO,
+            stored_on_arrival: false,
         }
     }
 
@@ -176,6 +180,14 @@ impl Reply {
     /// answer is sent, not before.
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+
+    /// Stores accepted profiles as soon as they arrive, then answers after
+    /// the delay: a backend that keeps what it got even if the client is
+    /// gone before the answer.
+    pub fn stored_on_arrival(mut self) -> Reply {
+        self.stored_on_arrival = true;
         self
     }
 
@@ -450,7 +462,7 @@ fn record(
         invalid,
         profiles: profiles.clone(),
     });
-    match (reply.accepted(), reply.delay.is_zero()) {
+    match (reply.accepted(), reply.delay.is_zero() || reply.stored_on_arrival) {
         (false, _) => (reply, Vec::new()),
         (true, true) => {
             recorded.ingests.extend(profiles);
