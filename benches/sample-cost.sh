@@ -32,24 +32,7 @@ part=${1:-}
 [[ $part == bpf || $part == agent ]] || { echo "usage: $0 bpf|agent" >&2; exit 2; }
 rounds=${SAMPLE_COST_ROUNDS:-3}
 bench_setup sample-cost.sh ""
-work=$(mktemp -d /tmp/taskprof-sample-cost.XXXXXX)
-children=()
-cleanup() {
-    for pid in "${children[@]}"; do kill "$pid" 2>/dev/null || true; done
-    echo 0 >/proc/sys/kernel/bpf_stats_enabled
-    rm -rf "$work"
-}
-trap cleanup EXIT
-echo 1 >/proc/sys/kernel/bpf_stats_enabled
-
-# run_time_ns and run_cnt summed over the BPF programs of type $2 (7:
-# perf_event; "" for all) that process $1 holds.
-bpf_totals() {
-    awk -v want="$2" 'FNR == 1 {type = ""} $1 == "prog_type:" {type = $2}
-         (want == "" || type == want) && $1 == "run_time_ns:" {ns += $2}
-         (want == "" || type == want) && $1 == "run_cnt:" {cnt += $2}
-         END {print ns + 0, cnt + 0}' /proc/"$1"/fdinfo/* 2>/dev/null || echo "0 0"
-}
+bench_scratch sample-cost
 
 load() { cut -d' ' -f1 /proc/loadavg; }
 
@@ -60,7 +43,7 @@ bpf_run() {
     shift 2
     "$work/chain" $((seconds + 6)) & w1=$!
     "$work/chain" $((seconds + 6)) & w2=$!
-    children=("$w1" "$w2")
+    bench_children=("$w1" "$w2")
     sleep 0.5
     if [[ $1 == bpftrace ]]; then
         bpftrace -q -e "profile:hz:99 { @[kstack, ustack, comm] = count(); } interval:s:$((seconds + 2)) { exit(); }" \
@@ -69,15 +52,15 @@ bpf_run() {
         "$@" -d "$((seconds + 2))s" -F 99 -o "$work/profile.pb.gz" >/dev/null 2>&1 &
     fi
     pid=$!
-    children+=("$pid")
+    bench_children+=("$pid")
     sleep 1.5
-    read -r ns0 c0 < <(bpf_totals "$pid" 7)
+    read -r ns0 c0 < <(bpf_run_totals "$pid" 7)
     sleep "$seconds"
-    read -r ns1 c1 < <(bpf_totals "$pid" 7)
+    read -r ns1 c1 < <(bpf_run_totals "$pid" 7)
     wait "$pid" || true
     kill "$w1" "$w2" 2>/dev/null || true
     wait "$w1" "$w2" 2>/dev/null || true
-    children=()
+    bench_children=()
     if ((c1 > c0)); then
         echo "$label: $(((ns1 - ns0) / (c1 - c0))) ns per sample ($((c1 - c0)) samples), load $(load)"
     else
@@ -101,18 +84,18 @@ agent_run() {
         sleep 0.05
     done) &
     churn=$!
-    children=("$agent" "${spinners[@]}" "$churn")
+    bench_children=("$agent" "${spinners[@]}" "$churn")
     sleep 15
     cpu() { awk '{print $14 + $15}' /proc/"$1"/stat; }
-    c0=$(cpu "$agent"); read -r b0 _ < <(bpf_totals "$agent" ""); t0=$(date +%s.%N)
+    c0=$(cpu "$agent"); read -r b0 _ < <(bpf_run_totals "$agent"); t0=$(date +%s.%N)
     sleep "$seconds"
-    c1=$(cpu "$agent"); read -r b1 _ < <(bpf_totals "$agent" ""); t1=$(date +%s.%N)
+    c1=$(cpu "$agent"); read -r b1 _ < <(bpf_run_totals "$agent"); t1=$(date +%s.%N)
     touch "$dir/stop"
     wait "$churn" || true
     kill "${spinners[@]}" 2>/dev/null || true
     kill -TERM "$agent"
     wait "$agent" || { echo "$label: the agent failed: $(tail -3 "$dir/stderr")" >&2; exit 1; }
-    children=()
+    bench_children=()
     local tck; tck=$(getconf CLK_TCK)
     echo "$label: CPU s per wall s user+sys $(echo "scale=5; ($c1 - $c0) / $tck / ($t1 - $t0)" | bc)" \
         "BPF $(echo "scale=5; ($b1 - $b0) / 1000000000 / ($t1 - $t0)" | bc), load $(load)"

@@ -21,6 +21,25 @@ fn is_gone(event: &ProcessEvent, pid: u32) -> bool {
     matches!(*event, ProcessEvent::Gone { tgid, .. } if tgid == pid)
 }
 
+/// A sampler of `pids` alone, at 99 Hz, attached.
+fn sampler_of(pids: &[u32]) -> Sampler {
+    let mut config = SamplerConfig::sized_for(99, 30, 2);
+    config.tgids = pids.to_vec();
+    Sampler::start(config).expect("load and attach the sampler (run the tests as root)")
+}
+
+/// Reads events in short waits until `pid`'s first sample is announced;
+/// returns every event read.
+fn read_until_new(sampler: &mut Sampler, pid: u32) -> Vec<ProcessEvent> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| is_new(e, pid)) {
+        assert!(Instant::now() < deadline, "no new-process event for {pid}: {seen:?}");
+        seen.extend(sampler.process_events(Duration::from_millis(100)));
+    }
+    seen
+}
+
 /// Regression test for exits that submit without a wake-up: the kernel's
 /// default wakes the reader only when it has read everything before, so an
 /// unread exit would hold back the next new process's wake-up until the
@@ -32,19 +51,8 @@ fn a_new_process_wakes_the_reader_even_behind_an_unread_exit() {
     // Starts burning CPU (and so is first sampled) seconds later.
     let second = busy_shell("sleep 4; while :; do :; done");
     let (first_pid, second_pid) = (first.id(), second.id());
-    let mut config = SamplerConfig::sized_for(99, 30, 2);
-    config.tgids = vec![first_pid, second_pid];
-    let mut sampler = Sampler::start(config).expect("load and attach the sampler (run the tests as root)");
-
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|e| is_new(e, first_pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "no new-process event for {first_pid}: {seen:?}"
-        );
-        seen.extend(sampler.process_events(Duration::from_millis(100)));
-    }
+    let mut sampler = sampler_of(&[first_pid, second_pid]);
+    let mut seen = read_until_new(&mut sampler, first_pid);
     // The exit goes into the ring without waking anyone.
     first.kill().expect("kill the first shell");
     first.wait().expect("reap the first shell");
@@ -79,15 +87,8 @@ fn a_new_process_wakes_the_reader_even_behind_an_unread_exit() {
 fn exits_are_read_by_reads_that_time_out() {
     let mut shell = busy_shell("while :; do :; done");
     let pid = shell.id();
-    let mut config = SamplerConfig::sized_for(99, 30, 2);
-    config.tgids = vec![pid];
-    let mut sampler = Sampler::start(config).expect("load and attach the sampler (run the tests as root)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|e| is_new(e, pid)) {
-        assert!(Instant::now() < deadline, "no new-process event for {pid}: {seen:?}");
-        seen.extend(sampler.process_events(Duration::from_millis(100)));
-    }
+    let mut sampler = sampler_of(&[pid]);
+    let mut seen = read_until_new(&mut sampler, pid);
     // One more read with the ring empty, so that the reader is no longer
     // marked readable from the wake-up it had: only a wake-up, or reading
     // the ring regardless, can bring the exit now.
@@ -114,9 +115,7 @@ fn a_process_that_execs_gets_a_new_incarnation_while_it_keeps_running() {
          exec sh -c 'while :; do :; done'",
     );
     let pid = shell.id();
-    let mut config = SamplerConfig::sized_for(99, 30, 2);
-    config.tgids = vec![pid];
-    let mut sampler = Sampler::start(config).expect("load and attach the sampler (run the tests as root)");
+    let mut sampler = sampler_of(&[pid]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut seen = Vec::new();
     let news = |seen: &[ProcessEvent]| -> Vec<u32> {
