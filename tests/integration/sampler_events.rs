@@ -53,9 +53,17 @@ fn a_new_process_wakes_the_reader_even_behind_an_unread_exit() {
     let (first_pid, second_pid) = (first.id(), second.id());
     let mut sampler = sampler_of(&[first_pid, second_pid]);
     let mut seen = read_until_new(&mut sampler, first_pid);
-    // The exit goes into the ring without waking anyone.
-    first.kill().expect("kill the first shell");
-    first.wait().expect("reap the first shell");
+    // One more read with the ring empty, so that the reader is no longer
+    // marked readable from the wake-up it had.
+    seen.extend(sampler.process_events(Duration::ZERO));
+    // The exit goes into the ring without waking anyone, while the reader
+    // below already sleeps: it is still unread when the second shell's
+    // first sample comes.
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        first.kill().expect("kill the first shell");
+        first.wait().expect("reap the first shell");
+    });
 
     // Each read waits for a new process, up to a timeout far longer than
     // the second shell needs to be sampled: only a wake-up ends it early.
@@ -75,6 +83,7 @@ fn a_new_process_wakes_the_reader_even_behind_an_unread_exit() {
         );
         seen.extend(events);
     }
+    killer.join().expect("the thread that ends the first shell");
     assert!(
         seen.iter().any(|e| is_gone(e, first_pid)),
         "the first shell's exit was never read: {seen:?}"
