@@ -117,6 +117,9 @@ run_one() {
 # The median of the numbers on stdin; "-" when there are none.
 median() { grep -v '^-$' | sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "-"; else print a[int((NR + 1) / 2)]}'; }
 
+# The machine's load decides much of the figures (every profiler also
+# sees the other programs on the host), so the table says what it was.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 read -r -a tools <<<"${PEERS_TOOLS:-perf bpftrace taskprof}"
 for ((round = 1; round <= repeat; round++)); do
     for tool in "${tools[@]}"; do
@@ -132,8 +135,12 @@ for ((round = 1; round <= repeat; round++)); do
     done
 done
 
-column() { awk -v c="$2" '{print $c}' "$work/$1.results" | median; }
+column() {
+    [[ -f $work/$1.results ]] || { echo "-"; return; }
+    awk -v c="$2" '{print $c}' "$work/$1.results" | median
+}
 echo
+echo "load average (1, 5, 15 min) at the start: $load_at_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "| measure (median of $repeat, whole host, ${hz} Hz, ${seconds} s, 2 busy chain processes) | perf record -a -g | bpftrace profile:hz:$hz | taskprof ${TASKPROF_ARGS:-} |"
 echo "|---|---|---|---|"
 row() {

@@ -106,6 +106,30 @@ struct {
 	__uint(max_entries, 65536);
 } known_tgids SEC(".maps");
 
+/*
+ * Each CPU's last answer of incarnation_of, good while no incarnation has
+ * ended since (`ends_seen` is `incarnations_ended` when it was found). A
+ * CPU samples the same busy thread again and again; this spares the LRU
+ * lookup, one of the costliest parts of a sample (a cold bucket and
+ * element in a large map).
+ */
+struct incarnation_memo {
+	__u32 tgid;
+	__u32 incarnation;
+	__u64 ends_seen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct incarnation_memo);
+	__uint(max_entries, 1);
+} incarnation_memos SEC(".maps");
+
+/* Incarnations ended so far: end_incarnation adds one for every exit or
+ * exec of a thread group leader, after removing it from known_tgids. */
+volatile __u64 incarnations_ended = 0;
+
 /* Each CPU's source of incarnation numbers (see incarnation_of). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -202,6 +226,13 @@ __attribute__((noinline)) __u64 hash_scratch_stack(void)
 static __always_inline __u64 save_stack(struct stack_trace *trace, void *stacks,
 					__u32 gen, __u32 full_stat);
 
+/* Whether the sample interrupted user code: the low bits of the code
+ * segment selector are the privilege level, 3 in user mode. */
+static __always_inline bool sampled_in_user_mode(struct bpf_perf_event_data *ctx)
+{
+	return (ctx->regs.cs & 3) == 3;
+}
+
 /*
  * Captures the stack selected by `flags` into `stacks` and returns its id,
  * or an enum stack_status saying why there is none.
@@ -253,10 +284,23 @@ static __always_inline __u64 save_stack(struct stack_trace *trace, void *stacks,
 static __always_inline __u64 capture_kernel_stack(struct bpf_perf_event_data *ctx,
 						  void *stacks, __u32 gen)
 {
+	/* A sample taken in user mode has no kernel stack. Asking the
+	 * helper anyway costs a callchain buffer and a kilobyte of memset
+	 * for nothing, and most samples of a busy program are user mode. */
+	if (sampled_in_user_mode(ctx))
+		return STACK_NONE;
 	return store_stack(ctx, stacks, gen, 0, STAT_KERNEL_STACK_MAP_FULL,
 			   STAT_KERNEL_STACK_ERROR);
 }
 
+/*
+ * Only a new process wakes userspace: it must be read from /proc while it
+ * lives. The other events wait in the ring for userspace's next poll (at
+ * most 100 ms away), so a process's exit costs no wake-up of its own.
+ * The new-process wake-up is forced: the kernel's default wakes the reader
+ * only when it has read everything before the event, which the quiet
+ * events left unread would prevent.
+ */
 static __always_inline void send_event(__u32 tgid, __u32 incarnation,
 				       __u32 kind, __u32 gen)
 {
@@ -271,7 +315,7 @@ static __always_inline void send_event(__u32 tgid, __u32 incarnation,
 	event->incarnation = incarnation;
 	event->kind = kind;
 	event->_pad = 0;
-	bpf_ringbuf_submit(event, 0);
+	bpf_ringbuf_submit(event, kind == PROCESS_NEW ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /*
@@ -290,12 +334,13 @@ static __always_inline __u32 draw_incarnation(void)
 }
 
 /* The incarnation of `tgid`, announcing it to userspace on first sight. */
-static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
+/* The incarnation of `tgid` from known_tgids, announcing it to userspace
+ * on first sight. `*stored` says whether known_tgids holds it. */
+static __always_inline __u32 lookup_incarnation(__u32 tgid, __u32 gen, bool *stored)
 {
 	__u32 *known, incarnation;
 
-	if (tgid == 0)
-		return 0;
+	*stored = true;
 	/* A lookup first: an LRU update takes a free node (and may shrink
 	 * the LRU) even when the key exists, which is costly per sample. */
 	known = bpf_map_lookup_elem(&known_tgids, &tgid);
@@ -305,11 +350,37 @@ static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
 	if (bpf_map_update_elem(&known_tgids, &tgid, &incarnation, BPF_NOEXIST) != 0) {
 		/* Another CPU announced it first: use its number. */
 		known = bpf_map_lookup_elem(&known_tgids, &tgid);
+		*stored = known != NULL;
 		return known ? *known : incarnation;
 	}
 	/* If the ring is full the event is counted as dropped; userspace
 	 * captures unannounced incarnations when it drains. */
 	send_event(tgid, incarnation, PROCESS_NEW, gen);
+	return incarnation;
+}
+
+static __always_inline __u32 incarnation_of(__u32 tgid, __u32 gen)
+{
+	struct incarnation_memo *memo;
+	__u32 zero = 0, incarnation;
+	bool stored;
+	/* Read before known_tgids: an end seen after this read removed its
+	 * entry first, so a memo filled now is stale only if the count moved. */
+	__u64 ended = incarnations_ended;
+
+	if (tgid == 0)
+		return 0;
+	memo = bpf_map_lookup_elem(&incarnation_memos, &zero);
+	if (memo && memo->tgid == tgid && memo->ends_seen == ended && memo->incarnation)
+		return memo->incarnation;
+	incarnation = lookup_incarnation(tgid, gen, &stored);
+	/* A number known_tgids does not hold is never remembered: its end
+	 * would not be counted. */
+	if (memo && stored) {
+		memo->tgid = tgid;
+		memo->incarnation = incarnation;
+		memo->ends_seen = ended;
+	}
 	return incarnation;
 }
 
@@ -371,14 +442,14 @@ static __always_inline bool user_regs(struct bpf_perf_event_data *ctx,
 {
 	/* Each field is read with its own load: the verifier rejects a load
 	 * through a ctx pointer that was moved first. */
-	__u64 cs = ctx->regs.cs, ip = ctx->regs.rip, sp = ctx->regs.rsp, rbp, stack = 0;
+	__u64 ip = ctx->regs.rip, sp = ctx->regs.rsp, rbp, stack = 0;
 	struct pt_regs regs;
 	long saved;
 	char *task;
 
 	asm volatile("%0 = *(u64 *)(%1 + %2)" : "=r"(rbp) : "r"(ctx),
 		     "i"(__builtin_offsetof(struct bpf_perf_event_data, regs.rbp)));
-	if ((cs & 3) == 3) {
+	if (sampled_in_user_mode(ctx)) {
 		walk->ip = ip;
 		walk->sp = sp;
 		walk->bp = rbp;
@@ -770,6 +841,8 @@ static __always_inline __u64 capture_python_stack(void *stacks, __u32 gen, __u32
 	__u32 zero = 0;
 	int status;
 
+	if (!python_is_active())
+		return STACK_NONE;
 	if (bounded)
 		status = walk_python_bounded(tgid, incarnation);
 	else
@@ -869,10 +942,14 @@ static __always_inline void end_incarnation(void)
 	bpf_map_delete_elem(&unwind_processes, &tgid);
 	bpf_map_delete_elem(&python_processes, &tgid);
 	known = bpf_map_lookup_elem(&known_tgids, &tgid);
-	if (!known)
-		return;
-	send_event(tgid, *known, PROCESS_GONE, generation & 1);
-	bpf_map_delete_elem(&known_tgids, &tgid);
+	if (known) {
+		send_event(tgid, *known, PROCESS_GONE, generation & 1);
+		bpf_map_delete_elem(&known_tgids, &tgid);
+	}
+	/* After the delete, and even for a tgid known_tgids lost (an LRU
+	 * eviction): every CPU's incarnation memo is now stale. An add whose
+	 * result is unused, which kernels before 5.12 have. */
+	__sync_fetch_and_add(&incarnations_ended, 1);
 }
 
 SEC("raw_tracepoint/sched_process_exit")

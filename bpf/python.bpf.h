@@ -27,6 +27,24 @@ struct {
 	__uint(max_entries, 4096);
 } python_processes SEC(".maps");
 
+/* Slot 0 is set to 1 by userspace once it has written a Python process:
+ * until then, on a host running no CPython, no sample looks up
+ * python_processes (an array lookup is a few instructions; a hash lookup
+ * in a cold map is one of a sample's costliest steps). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(max_entries, 1);
+} python_active SEC(".maps");
+
+static __always_inline bool python_is_active(void)
+{
+	__u32 zero = 0, *active = bpf_map_lookup_elem(&python_active, &zero);
+
+	return active && *active;
+}
+
 /* The walk in progress, per CPU (see struct unwind_state for why). */
 struct python_state {
 	__u64 frame;

@@ -63,8 +63,23 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// its own series, and the series labels.
 type SeriesKey = (Option<ProcessKey>, Vec<(String, String)>);
 
-/// Windows after which a process with no samples is checked for liveness.
+/// Windows after which a process with no samples is checked for liveness,
+/// and between two checks of one that stays idle.
 const IDLE_WINDOWS_BEFORE_SWEEP: u64 = 6;
+
+/// Whether a process last sampled in window `last_seen` (`None`: never
+/// recorded) is checked for liveness in window `current`: once it has been
+/// idle for [`IDLE_WINDOWS_BEFORE_SWEEP`] windows, then every
+/// [`IDLE_WINDOWS_BEFORE_SWEEP`] windows, not every window. A host keeps
+/// many idle processes (daemons sampled once); reading each one's
+/// `/proc/PID/stat` every window was a steady cost, and each process's
+/// checks fall in different windows, as its idleness began.
+fn liveness_check_due(last_seen: Option<u64>, current: u64) -> bool {
+    last_seen.is_none_or(|seen| {
+        let idle_for = current.saturating_sub(seen);
+        idle_for >= IDLE_WINDOWS_BEFORE_SWEEP && idle_for % IDLE_WINDOWS_BEFORE_SWEEP == 0
+    })
+}
 
 /// State carried from window to window.
 pub struct WindowProcessor {
@@ -455,10 +470,7 @@ impl WindowProcessor {
             .map(|(key, _)| *key)
             .collect();
         for (key, info) in session.processes().processes() {
-            let idle = self
-                .last_seen
-                .get(key)
-                .is_none_or(|&seen| seen + IDLE_WINDOWS_BEFORE_SWEEP <= current);
+            let idle = liveness_check_due(self.last_seen.get(key).copied(), current);
             if idle && !forget.contains(key) {
                 let alive = process_start_time(Path::new("/proc"), key.tgid)
                     .is_some_and(|start| info.captured && start == info.start_time);
@@ -718,6 +730,15 @@ mod tests {
         let expected = std::fs::canonicalize(std::env::current_exe().expect("current exe")).expect("canonical");
         assert_eq!(Path::new(&own), expected);
         assert_eq!(read_executable(Path::new("/proc"), u32::MAX), None);
+    }
+
+    #[test]
+    fn idle_processes_are_checked_for_liveness_every_few_windows_not_every_window() {
+        let k = IDLE_WINDOWS_BEFORE_SWEEP;
+        let due: Vec<u64> = (0..=4 * k).filter(|&w| liveness_check_due(Some(3), w)).collect();
+        assert_eq!(due, vec![3 + k, 3 + 2 * k, 3 + 3 * k]);
+        // Never recorded: nothing says when it was last seen, so every window.
+        assert!((0..=k).all(|w| liveness_check_due(None, w)));
     }
 
     #[test]

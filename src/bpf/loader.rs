@@ -544,6 +544,10 @@ impl Sampler {
         &self.skel.maps.python_processes
     }
 
+    pub(super) fn python_active_map(&self) -> &libbpf_rs::Map<'static> {
+        &self.skel.maps.python_active
+    }
+
     pub(super) fn unwind_processes_map(&self) -> &libbpf_rs::Map<'static> {
         &self.skel.maps.unwind_processes
     }
@@ -555,10 +559,14 @@ impl Sampler {
 
     /// Process events since the last call: thread groups sampled for the
     /// first time, and incarnations that ended. Waits up to `timeout` for
-    /// the first one.
+    /// a new process; other events do not end the wait.
     pub fn process_events(&mut self, timeout: Duration) -> Vec<ProcessEvent> {
         // A poll error is EINTR from a signal; the events stay queued.
         let _ = self.ring.poll(timeout);
+        // Events that do not wake the reader (exits, changed mappings; see
+        // send_event in bpf/profiler.bpf.c) are read here, whether or not
+        // the poll was woken.
+        let _ = self.ring.consume();
         self.announced
             .lock()
             .map(|mut l| std::mem::take(&mut *l))

@@ -153,7 +153,11 @@ impl Sampler {
             ..Default::default()
         };
         self.python_processes_map()
-            .update(&tgid.to_ne_bytes(), super::unwind_maps::as_bytes(&entry), MapFlags::ANY)
+            .update(&tgid.to_ne_bytes(), super::unwind_maps::as_bytes(&entry), MapFlags::ANY)?;
+        // Samples look in python_processes only from now on (python_active
+        // in bpf/python.bpf.h); it stays on, which costs a lookup at most.
+        self.python_active_map()
+            .update(&0u32.to_ne_bytes(), &1u32.to_ne_bytes(), MapFlags::ANY)
     }
 
     /// Forgets `tgid`'s Python entry.

@@ -80,9 +80,11 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// The file offset of `address`, which must lie in the mapping.
+    /// The file offset of `address`, which should lie in the mapping; one
+    /// below it (the call before a return address at the mapping's very
+    /// start) counts as its start.
     pub fn file_offset(&self, address: u64) -> u64 {
-        address - self.start + self.offset
+        address.saturating_sub(self.start) + self.offset
     }
 }
 
@@ -415,6 +417,22 @@ fn raise_fd_limit() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression test: a caller's return address at the very start of a
+    /// mapping is looked up one byte lower, which overflowed (a panic in
+    /// debug builds, a wild offset in release ones).
+    #[test]
+    fn the_byte_before_a_mapping_counts_as_its_start() {
+        let mapping = Mapping {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0x3000,
+            name: "/usr/bin/app".into(),
+            kind: MappingKind::Anonymous,
+        };
+        assert_eq!(mapping.file_offset(0x1010), 0x3010);
+        assert_eq!(mapping.file_offset(0x0fff), 0x3000);
+    }
 
     #[test]
     fn mapped_paths_are_taken_relative_to_the_process_root() {

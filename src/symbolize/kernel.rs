@@ -1,6 +1,9 @@
 //! Kernel symbols from `/proc/kallsyms`, in a compact sorted table read
 //! once: about 12 bytes plus the name per text symbol, instead of a parsed
 //! copy per lookup. Module symbols are included (they are in kallsyms).
+//! A single pass that knows all its addresses up front (the one-shot)
+//! names them while reading instead, and keeps no table
+//! ([`name_addresses`]).
 
 use std::path::Path;
 
@@ -66,6 +69,11 @@ impl KernelSymbols {
         table
     }
 
+    /// The symbols' addresses, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.addresses.iter().copied()
+    }
+
     /// Number of symbols.
     pub fn len(&self) -> usize {
         self.addresses.len()
@@ -100,9 +108,112 @@ pub(crate) fn kallsyms_line(line: &str) -> Option<(u64, &str)> {
     (address != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((address, name))
 }
 
+/// Names sorted, distinct `addresses` exactly as [`KernelSymbols::lookup`]
+/// would, in one read of `path` (`/proc/kallsyms`), holding one name per
+/// address instead of the table: 3 MiB less memory on a kernel with
+/// 120,000 symbols, for a run that needs a few hundred of them.
+pub fn name_addresses(path: &Path, addresses: &[u64]) -> Vec<Option<String>> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return vec![None; addresses.len()];
+    };
+    name_addresses_in(
+        std::io::BufRead::lines(std::io::BufReader::new(file)).map_while(Result::ok),
+        addresses,
+    )
+}
+
+fn name_addresses_in<S: AsRef<str>>(lines: impl Iterator<Item = S>, addresses: &[u64]) -> Vec<Option<String>> {
+    debug_assert!(
+        addresses.windows(2).all(|w| w[0] < w[1]),
+        "addresses must be sorted and distinct"
+    );
+    // A symbol can name every address from its own up to the next
+    // symbol's. Each is kept only in the slot of the first address at or
+    // above it (the highest such symbol; the last line of equal ones, as
+    // the table's stable sort does); an address's name is then the
+    // highest symbol among its slot and the slots below it.
+    let mut slots: Vec<Option<(u64, String)>> = vec![None; addresses.len()];
+    for line in lines {
+        let Some((symbol, name)) = kallsyms_line(line.as_ref()) else {
+            continue;
+        };
+        let slot = addresses.partition_point(|&a| a < symbol);
+        let Some(best) = slots.get_mut(slot) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(kept, _)| symbol >= *kept) {
+            match best {
+                Some((kept, kept_name)) => {
+                    *kept = symbol;
+                    kept_name.clear();
+                    kept_name.push_str(name);
+                }
+                None => *best = Some((symbol, name.to_string())),
+            }
+        }
+    }
+    let mut highest: Option<usize> = None;
+    (0..addresses.len())
+        .map(|slot| {
+            if let Some((symbol, _)) = &slots[slot] {
+                if highest.is_none_or(|h| slots[h].as_ref().is_some_and(|(kept, _)| kept < symbol)) {
+                    highest = Some(slot);
+                }
+            }
+            highest.and_then(|h| slots[h].as_ref().map(|(_, name)| name.clone()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::KernelSymbols;
+
+    /// Streaming names every address as the table does, on the running
+    /// kernel's own kallsyms (unsorted at its end, with modules and
+    /// aliases at equal addresses), including addresses below, between,
+    /// on and above its symbols.
+    #[test]
+    fn naming_while_reading_agrees_with_the_table() {
+        let text = std::fs::read_to_string("/proc/kallsyms").expect("/proc/kallsyms");
+        let table = KernelSymbols::parse(&text);
+        assert!(table.len() > 1000, "kallsyms unreadable or hidden (run as root)");
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut addresses: Vec<u64> = table
+            .addresses
+            .iter()
+            .step_by(37)
+            .flat_map(|&a| [a, a + 1, a - 1])
+            .collect();
+        for _ in 0..5000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let lowest = table.addresses[0] - 4096;
+            addresses.push(lowest + rng % (u64::MAX - lowest));
+        }
+        addresses.extend([0, 1, u64::MAX]);
+        addresses.sort_unstable();
+        addresses.dedup();
+        let streamed = super::name_addresses_in(text.lines(), &addresses);
+        for (address, name) in addresses.iter().zip(&streamed) {
+            assert_eq!(name.as_deref(), table.lookup(*address), "at {address:#x}");
+        }
+        assert!(streamed.iter().filter(|n| n.is_some()).count() > 5000);
+        let synthetic = "ffffffff81000000 T _stext\nffffffff81000100 t do_thing\nffffffff81000100 t alias\n\
+                         ffffffff81000080 D some_data\nffffffffc0000000 t mod_fn\t[mymod]\nffffffff81000040 t early\n";
+        let table = KernelSymbols::parse(synthetic);
+        let addresses = [
+            0xffffffff80000000,
+            0xffffffff81000050,
+            0xffffffff81000100,
+            0xffffffffc0000010,
+        ];
+        let streamed = super::name_addresses_in(synthetic.lines(), &addresses);
+        let expected: Vec<Option<String>> = addresses.iter().map(|&a| table.lookup(a).map(str::to_string)).collect();
+        assert_eq!(streamed, expected);
+        assert_eq!(expected[2].as_deref(), Some("alias"));
+    }
 
     #[test]
     fn lookup_picks_the_preceding_kallsyms_line() {

@@ -399,8 +399,45 @@ impl Symbolizer {
         let mut elf = Elf::new(path);
         elf.debug_syms = self.debug_info;
         let src = Source::Elf(elf);
-        let results = match self.blaze.symbolize(&src, Input::FileOffset(&todo)) {
-            Ok(results) => results,
+        let one_pass = self.parsed_files == ParsedFiles::ReleaseAfterUse;
+        let blaze = &self.blaze;
+        let look_up = || {
+            let results = blaze.symbolize(&src, Input::FileOffset(&todo))?;
+            // Function start lines: symbolize each function's first address.
+            let mut starts: Vec<u64> = results
+                .iter()
+                .filter_map(|r| match r {
+                    Symbolized::Sym(sym) => Some(sym.addr),
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect();
+            starts.sort_unstable();
+            starts.dedup();
+            let start_lines: HashMap<u64, u32> = blaze
+                .symbolize(&src, Input::VirtOffset(&starts))
+                .map(|found| {
+                    starts
+                        .iter()
+                        .zip(found)
+                        .filter_map(|(addr, r)| match r {
+                            Symbolized::Sym(sym) => Some((*addr, sym.code_info.as_ref()?.line?)),
+                            Symbolized::Unknown(_) => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok::<_, blazesym::Error>((results, start_lines))
+        };
+        // In one pass this symbolizer is the only thread mapping files,
+        // and blazesym keeps them mapped until it is replaced below, as
+        // dropping pages requires.
+        let found = if one_pass && object.size() >= DROP_FILE_PAGES_BYTES {
+            crate::util::memory::while_dropping_new_file_pages(look_up)
+        } else {
+            look_up()
+        };
+        let (results, start_lines) = match found {
+            Ok(found) => found,
             Err(_) => {
                 // Not ELF, or unreadable: every offset gets the file+offset frame.
                 for offset in &todo {
@@ -412,31 +449,6 @@ impl Symbolizer {
                 return;
             }
         };
-
-        // Function start lines: symbolize each function's first address.
-        let mut starts: Vec<u64> = results
-            .iter()
-            .filter_map(|r| match r {
-                Symbolized::Sym(sym) => Some(sym.addr),
-                Symbolized::Unknown(_) => None,
-            })
-            .collect();
-        starts.sort_unstable();
-        starts.dedup();
-        let start_lines: HashMap<u64, u32> = self
-            .blaze
-            .symbolize(&src, Input::VirtOffset(&starts))
-            .map(|found| {
-                starts
-                    .iter()
-                    .zip(found)
-                    .filter_map(|(addr, r)| match r {
-                        Symbolized::Sym(sym) => Some((*addr, sym.code_info.as_ref()?.line?)),
-                        Symbolized::Unknown(_) => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
 
         let mut entries = Vec::with_capacity(todo.len());
         for (offset, result) in todo.iter().zip(results) {
@@ -557,9 +569,19 @@ impl Symbolizer {
         if todo.is_empty() {
             return;
         }
-        let symbols = self.kernel_symbols.get_or_insert_with(KernelSymbols::load);
-        for addr in todo {
-            let lines = match symbols.lookup(addr) {
+        // One pass names its addresses while reading kallsyms, without
+        // keeping the table; a symbolizer that lives on keeps it.
+        let names: Vec<Option<String>> =
+            if self.parsed_files == ParsedFiles::ReleaseAfterUse && self.kernel_symbols.is_none() {
+                kernel::name_addresses(std::path::Path::new("/proc/kallsyms"), &todo)
+            } else {
+                let symbols = self.kernel_symbols.get_or_insert_with(KernelSymbols::load);
+                todo.iter()
+                    .map(|&addr| symbols.lookup(addr).map(str::to_string))
+                    .collect()
+            };
+        for (addr, name) in todo.into_iter().zip(names) {
+            let lines = match name.as_deref() {
                 Some(name) => {
                     let function = intern(&mut self.functions, name, String::new(), 0);
                     Arc::from(vec![LineInfo { function, line: 0 }])
@@ -651,6 +673,12 @@ impl Symbolizer {
 /// Files at least this large have their freed parse state given back to
 /// the system at once (see [`ParsedFiles::ReleaseAfterUse`]).
 const TRIM_AFTER_FILE_BYTES: u64 = 16 << 20;
+
+/// Files at least this large (or whose debug files may be: a 2 MB libc
+/// has a 6 MB one) have the pages blazesym maps dropped as it reads them
+/// ([`crate::util::memory::while_dropping_new_file_pages`]) in one pass.
+/// Smaller files are not worth the thread that does it.
+const DROP_FILE_PAGES_BYTES: u64 = 1 << 20;
 
 fn new_blaze() -> blazesym::symbolize::Symbolizer {
     blazesym::symbolize::Symbolizer::builder()
@@ -761,6 +789,12 @@ mod tests {
     /// Symbolizes this test binary's `marker` through a fresh table;
     /// returns the table (which holds the file open) and the file's key.
     fn symbolize_own_marker(symbolizer: &mut Symbolizer) -> (ProcessTable, FileKey) {
+        symbolize_own_code(symbolizer, 0)
+    }
+
+    /// As [`symbolize_own_marker`], and `spread` more addresses spread
+    /// over the whole of this binary's code.
+    fn symbolize_own_code(symbolizer: &mut Symbolizer, spread: u64) -> (ProcessTable, FileKey) {
         let mut table = ProcessTable::new();
         let me = ProcessKey::new(std::process::id(), 1);
         table.observe(me);
@@ -771,7 +805,10 @@ mod tests {
             panic!("own binary not opened: {mapping:?}")
         };
         let offset = address - mapping.start + mapping.offset;
-        symbolizer.symbolize_object(key, table.object(key).expect("object"), &[offset]);
+        let step = (mapping.end - mapping.start) / spread.max(1);
+        let mut offsets: Vec<u64> = (0..spread).map(|i| mapping.offset + i * step).collect();
+        offsets.push(offset);
+        symbolizer.symbolize_object(key, table.object(key).expect("object"), &offsets);
         let lines = symbolizer.object_lines(key, offset).expect("cached");
         assert!(lines.iter().any(|l| l.function.name.contains("marker")), "{lines:?}");
         (table, key)
@@ -872,16 +909,40 @@ mod tests {
         assert!(symbolizer.cache_bytes().names <= functions + one_entry);
     }
 
+    /// One pass also drops the pages blazesym maps while it reads this
+    /// test binary (hundreds of MiB of DWARF), so this is the proof that
+    /// dropping them changes no name, line or inlined frame.
     #[test]
     fn one_pass_symbolizing_releases_each_file_at_once_with_the_same_names() {
+        // 400 addresses besides `marker`, so that the comparison covers
+        // many units, lines and inlined frames.
         let mut kept = Symbolizer::new();
-        let (_table, key) = symbolize_own_marker(&mut kept);
+        let (_table, key) = symbolize_own_code(&mut kept, 400);
         let mut released = Symbolizer::new();
         released.set_parsed_files(ParsedFiles::ReleaseAfterUse);
-        let (_table2, key2) = symbolize_own_marker(&mut released);
+        let (_table2, key2) = symbolize_own_code(&mut released, 400);
         assert_eq!(released.parsed_files(), 0);
         assert_eq!(key, key2);
         assert_eq!(kept.cached_addresses(), released.cached_addresses());
+        assert!(
+            released.user.values().filter(|c| c.lines.len() > 1).count() > 10
+                && released.user.values().filter(|c| c.lines[0].line > 0).count() > 100,
+            "too few inlined frames and lines to compare"
+        );
+        // Kernel frames: named while reading kallsyms in one pass, from
+        // the kept table otherwise.
+        let table = KernelSymbols::load();
+        let kernel: Vec<u64> = table.addresses().step_by(101).flat_map(|a| [a, a + 7]).collect();
+        kept.symbolize_kernel(&kernel);
+        released.symbolize_kernel(&kernel);
+        assert!(released.kernel_symbols.is_none(), "one pass kept the kallsyms table");
+        for address in &kernel {
+            assert_eq!(
+                kept.kernel_lines(*address),
+                released.kernel_lines(*address),
+                "at {address:#x}"
+            );
+        }
         for (k, lines) in &kept.user {
             assert_eq!(
                 released.user.get(k).map(|c| &c.lines),

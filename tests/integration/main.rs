@@ -31,3 +31,4 @@ mod profile_stacks;
 mod profile_unwind;
 mod profile_variants;
 mod python_offsets;
+mod sampler_events;
