@@ -787,14 +787,15 @@ pub fn pyenv_versions_dir() -> PathBuf {
 /// as (version directory name, interpreter path).
 pub fn pyenv_builds(minor: u32) -> Vec<(String, PathBuf)> {
     let prefix = format!("3.{minor}.");
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(pyenv_versions_dir())
+    let versions = pyenv_versions_dir();
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(&versions)
         .map(|dir| dir.flatten().collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with(&prefix))
         .map(|name| {
-            let python = pyenv_versions_dir().join(&name).join(format!("bin/python3.{minor}"));
+            let python = versions.join(&name).join(format!("bin/python3.{minor}"));
             (name, python)
         })
         .filter(|(_, python)| python.exists())
